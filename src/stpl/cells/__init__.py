@@ -1,0 +1,22 @@
+"""Recurrent cells: one time step each, state in, state out."""
+
+from stpl.cells._state import LSTMState, STLSTMState
+from stpl.cells._toolkit import GateConv, LayerNorm2d, Norm
+from stpl.cells.convlstm import ConvLSTMCell
+from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeRNNOutput
+from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
+
+__all__ = [
+    "ConvLSTMCell",
+    "DCBOutput",
+    "DetailContextBlock",
+    "GateConv",
+    "LSTMState",
+    "LayerNorm2d",
+    "MoDeRNNCell",
+    "MoDeRNNOutput",
+    "Norm",
+    "STLSTMCell",
+    "STLSTMOutput",
+    "STLSTMState",
+]

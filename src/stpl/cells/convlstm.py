@@ -1,0 +1,141 @@
+"""ConvLSTM (Shi et al., NeurIPS 2015) with the options of every circulating variant."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from stpl.cells._state import LSTMState
+from stpl.cells._toolkit import (
+    GateConv,
+    Norm,
+    check_kernel_size,
+    check_map,
+    check_norm,
+    check_positive_int,
+    check_spatial_size,
+    check_state_map,
+    split_gates,
+    zeros_like_map,
+)
+
+_GATES = "ifgo"
+
+
+def _check_gate_order(gate_order: object) -> str:
+    if not isinstance(gate_order, str) or sorted(gate_order) != sorted(_GATES):
+        raise ValueError(
+            f"gate_order must be a permutation of 'ifgo' (e.g. 'ifgo', 'ifog'); got {gate_order!r}"
+        )
+    return gate_order
+
+
+class ConvLSTMCell(nn.Module):
+    r"""One step of a convolutional LSTM.
+
+    Computes, with :math:`*` a "same" convolution and :math:`\odot` the Hadamard product::
+
+        [i, f, g, o] = chunks(N_x(W_x * x) + N_h(W_h * h), in gate_order)
+        i  = σ(i + w_ci ⊙ c)                 # peephole terms only with peephole=True
+        f  = σ(f + forget_bias + w_cf ⊙ c)
+        c' = f ⊙ c + i ⊙ tanh(g)
+        o  = σ(o + w_co ⊙ c')
+        h' = o ⊙ tanh(c')
+
+    ``N_x``/``N_h`` are layer norms over ``(4 C_hidden, H, W)`` with ``norm="layer"``,
+    identities otherwise. ``bias=True`` gives ``W_x`` a bias (one bias per gate channel).
+
+    Settings that reproduce each reference:
+
+    * OpenSTL ``ConvLSTMCell``: defaults (``gate_order="ifgo"``, ``bias=False``,
+      ``forget_bias=0.0``), ``norm="layer"`` with ``spatial_size=(H, W)`` for ``layer_norm=1``.
+    * ndrplz/ConvLSTM_pytorch and MSPred: ``gate_order="ifog"``, ``bias=True``; their one
+      convolution on ``cat[x, h]`` is split into ``W_x`` and ``W_h`` along input channels.
+    * Shi et al. 2015: ``peephole=True`` (Hadamard peepholes, per channel, or per element
+      with ``spatial_size``), ``bias=True``.
+
+    Differences from the paper: the paper has peepholes and biases; the common reference
+    code has neither and no forget bias, which is why they are options here.
+
+    Args:
+        in_channels: C_in of ``x``.
+        hidden_channels: C_hidden of ``h`` and ``c``.
+        kernel_size: odd size of the gate convolutions.
+        bias: bias on the input convolution.
+        norm: ``None`` or ``"layer"``.
+        spatial_size: ``(H, W)`` for per-element layer-norm/peephole parameters.
+        forget_bias: constant added to the forget-gate pre-activation.
+        gate_order: order of the four chunks of the convolution output.
+        peephole: Shi et al.'s Hadamard peephole connections.
+
+    Shapes: ``x: (B, C_in, H, W)``, states ``(B, C_hidden, H, W)``; returns ``h'`` and
+    ``LSTMState(h', c')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int = 5,
+        *,
+        bias: bool = False,
+        norm: Norm = None,
+        spatial_size: tuple[int, int] | None = None,
+        forget_bias: float = 0.0,
+        gate_order: str = "ifgo",
+        peephole: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.hidden_channels = check_positive_int("hidden_channels", hidden_channels)
+        self.kernel_size = check_kernel_size("kernel_size", kernel_size)
+        self.norm = check_norm(norm)
+        self.spatial_size = check_spatial_size(spatial_size)
+        self.forget_bias = float(forget_bias)
+        self.gate_order = _check_gate_order(gate_order)
+        self.peephole = bool(peephole)
+        self._index = tuple(self.gate_order.index(g) for g in _GATES)
+        nh = hidden_channels
+        conv_args = {"norm": self.norm, "spatial_size": self.spatial_size}
+        self.conv_x = GateConv(in_channels, 4 * nh, kernel_size, bias=bias, **conv_args)
+        self.conv_h = GateConv(nh, 4 * nh, kernel_size, **conv_args)
+        self.peephole_weight: nn.Parameter | None = None
+        if self.peephole:
+            shape = (3, nh, *self.spatial_size) if self.spatial_size else (3, nh, 1, 1)
+            self.peephole_weight = nn.Parameter(torch.zeros(shape))
+
+    def initial_state(self, x: Tensor) -> LSTMState:
+        """Zero state for input ``x: (B, C_in, H, W)`` (device, dtype and layout of ``x``)."""
+        z = zeros_like_map(x, self.hidden_channels)
+        return LSTMState(z, z)
+
+    def forward(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """One step: ``x: (B, C_in, H, W)``, ``state`` or ``None`` (zeros).
+
+        Returns ``(h', LSTMState(h', c'))``, each ``(B, C_hidden, H, W)``.
+        """
+        check_map("x", x, self.in_channels)
+        if state is None:
+            state = self.initial_state(x)
+        h = check_state_map("state.h", state[0], x, self.hidden_channels)
+        c = check_state_map("state.c", state[1], x, self.hidden_channels)
+        chunks = split_gates(self.conv_x(x) + self.conv_h(h), self.hidden_channels)
+        i, f, g, o = (chunks[k] for k in self._index)
+        if self.peephole_weight is not None:
+            w_ci, w_cf, w_co = self.peephole_weight.unbind(0)
+            i = i + w_ci * c
+            f = f + w_cf * c
+        if self.forget_bias != 0.0:
+            f = f + self.forget_bias
+        c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        if self.peephole_weight is not None:
+            o = o + self.peephole_weight[2] * c_next
+        h_next = torch.sigmoid(o) * torch.tanh(c_next)
+        return h_next, LSTMState(h_next, c_next)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
+            f"norm={self.norm!r}, forget_bias={self.forget_bias}, gate_order={self.gate_order!r}, "
+            f"peephole={self.peephole}"
+        )
