@@ -14,10 +14,22 @@ from stpl.cells import (
     STLSTMOutput,
     STLSTMState,
 )
+from stpl.patching import PatchOrder, patchify, unpatchify
+from stpl.predictor import CELLS, EncoderStackDecoder, PredictorOutput
+from stpl.registry import PRESETS, get_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CELLS",
+    "PRESETS",
+    "EncoderStackDecoder",
+    "PatchOrder",
+    "PredictorOutput",
+    "get_model",
+    "list_models",
+    "patchify",
+    "unpatchify",
     "ConvLSTMCell",
     "DCBOutput",
     "DetailContextBlock",

@@ -73,6 +73,9 @@ class STLSTMCell(nn.Module):
         action_channels: channels of the action map, or ``None`` for no action input.
     """
 
+    zigzag_memory = True
+    """A stack passes ``m`` zigzag between layers (see :class:`stpl.EncoderStackDecoder`)."""
+
     def __init__(
         self,
         in_channels: int,
