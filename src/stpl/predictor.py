@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from stpl.cells import ConvLSTMCell, MoDeRNNCell, STLSTMCell
+from stpl.cells import ConvLSTMCell, MoDeRNNCell, STLSTMCell, STLSTMState
 from stpl.cells._toolkit import check_kernel_size, check_positive_int
 from stpl.patching import PatchOrder, check_divisible, check_patch_order, patchify, unpatchify
 
@@ -125,7 +125,9 @@ class EncoderStackDecoder(nn.Module):
         if encoder not in (None, "conv1x1"):
             raise ValueError(f"encoder must be None or 'conv1x1'; got {encoder!r}")
         self.action_channels = (
-            None if action_channels is None else check_positive_int("action_channels", action_channels)
+            None
+            if action_channels is None
+            else check_positive_int("action_channels", action_channels)
         )
         self.checkpoint_steps = bool(checkpoint_steps)
         p2 = self.patch_size**2
@@ -183,9 +185,7 @@ class EncoderStackDecoder(nn.Module):
         if not isinstance(frames, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(frames).__name__}")
         if frames.dim() != 5:
-            raise ValueError(
-                f"{name} must be (B, T, C, H, W); got shape {tuple(frames.shape)}"
-            )
+            raise ValueError(f"{name} must be (B, T, C, H, W); got shape {tuple(frames.shape)}")
         if frames.shape[2] != channels:
             raise ValueError(
                 f"{name} must have C={channels} channels, (B, T, {channels}, H, W); "
@@ -220,7 +220,9 @@ class EncoderStackDecoder(nn.Module):
         a = self.action_channels
         if actions.dim() == 3 and actions.shape[0] == b and actions.shape[2] == a:
             actions = actions[:, :, :, None, None].expand(-1, -1, -1, h, w)
-        elif not (actions.dim() == 5 and tuple(actions.shape[2:]) == (a, h, w) and actions.shape[0] == b):
+        elif not (
+            actions.dim() == 5 and tuple(actions.shape[2:]) == (a, h, w) and actions.shape[0] == b
+        ):
             raise ValueError(
                 f"actions must be (B, T, A) = ({b}, T, {a}) or (B, T, A, H, W) = "
                 f"({b}, T, {a}, {h}, {w}); got shape {tuple(actions.shape)}"
@@ -245,13 +247,11 @@ class EncoderStackDecoder(nn.Module):
                 f"mask must be (B, T-2) = ({b}, {t - 2}) or broadcastable to (B, T-2, C, H, W) = "
                 f"({b}, {t - 2}, {c}, {h}, {w}); got shape {tuple(mask.shape)}"
             )
-        try:
-            torch.broadcast_shapes(mask.shape, (b, t - 2, c, h, w))
-        except RuntimeError:
+        if any(m not in (1, n) for m, n in zip(mask.shape, (b, t - 2, c, h, w), strict=True)):
             raise ValueError(
                 f"mask must be (B, T-2) = ({b}, {t - 2}) or broadcastable to (B, T-2, C, H, W) = "
                 f"({b}, {t - 2}, {c}, {h}, {w}); got shape {tuple(mask.shape)}"
-            ) from None
+            )
         mask = mask.to(frames.dtype)
         if mask.shape[-3:] != (1, 1, 1):
             mask = patchify(mask.expand(b, t - 2, c, h, w), self.patch_size, self.patch_order)
@@ -281,7 +281,7 @@ class EncoderStackDecoder(nn.Module):
                 if state is None:
                     state = cell.initial_state(inp)  # type: ignore[operator]
                 if memory is not None:
-                    state = type(state)(state[0], state[1], memory)  # type: ignore[arg-type]
+                    state = STLSTMState(state[0], state[1], memory)
             kwargs = {} if action is None else {"action": action}
             if self.adapter is not None:
                 out = cell.forward_with_increments(inp, state, **kwargs)  # type: ignore[operator]
@@ -330,7 +330,7 @@ class EncoderStackDecoder(nn.Module):
             :class:`PredictorOutput` with ``predictions (B, T-1, C_out, H, W)``.
         """
         frames = self._check_frames("frames", frames, self.in_channels)
-        b, t_total = frames.shape[:2]
+        t_total = frames.shape[1]
         if t_total < 2:
             raise ValueError(f"frames must hold T >= 2 frames; got T={t_total}")
         steps = t_total - 1

@@ -71,8 +71,6 @@ def get_model(name: str, **overrides: Any) -> EncoderStackDecoder:
         p = options["patch_size"]
         h, w = image_size
         if h % p or w % p:
-            raise ValueError(
-                f"image_size={tuple(image_size)} is not divisible by patch_size={p}"
-            )
+            raise ValueError(f"image_size={tuple(image_size)} is not divisible by patch_size={p}")
         options["spatial_size"] = (h // p, w // p)
     return EncoderStackDecoder(**options)

@@ -36,9 +36,7 @@ def check_positive_int(name: str, value: object) -> int:
 def check_kernel_size(name: str, value: object) -> int:
     """Return ``value`` if it is a positive odd ``int`` ("same" padding needs an odd kernel)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 2 == 0:
-        raise ValueError(
-            f"{name} must be a positive odd int (same padding k // 2); got {value!r}"
-        )
+        raise ValueError(f"{name} must be a positive odd int (same padding k // 2); got {value!r}")
     return value
 
 
@@ -143,7 +141,11 @@ def zeros_like_map(x: Tensor, channels: int) -> Tensor:
     """Zeros of shape ``(B, channels, H, W)`` on ``x``'s device, dtype and memory format."""
     b, _, h, w = x.shape
     z = x.new_zeros((b, channels, h, w))
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    ):
         z = z.contiguous(memory_format=torch.channels_last)
     return z
 
@@ -153,7 +155,9 @@ def check_map(name: str, x: object, channels: int) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"{name} must be (B, C, H, W) with C={channels}; got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be (B, C, H, W) with C={channels}; got shape {tuple(x.shape)}"
+        )
     if x.shape[1] != channels:
         raise ValueError(
             f"{name} must have {channels} channels, (B, {channels}, H, W); "

@@ -96,9 +96,9 @@ class ConvLSTMCell(nn.Module):
         self.peephole = bool(peephole)
         self._index = tuple(self.gate_order.index(g) for g in _GATES)
         nh = hidden_channels
-        conv_args = {"norm": self.norm, "spatial_size": self.spatial_size}
-        self.conv_x = GateConv(in_channels, 4 * nh, kernel_size, bias=bias, **conv_args)
-        self.conv_h = GateConv(nh, 4 * nh, kernel_size, **conv_args)
+        ln = {"norm": self.norm, "spatial_size": self.spatial_size}
+        self.conv_x = GateConv(in_channels, 4 * nh, kernel_size, bias=bias, **ln)  # type: ignore[arg-type]
+        self.conv_h = GateConv(nh, 4 * nh, kernel_size, **ln)  # type: ignore[arg-type]
         self.peephole_weight: nn.Parameter | None = None
         if self.peephole:
             shape = (3, nh, *self.spatial_size) if self.spatial_size else (3, nh, 1, 1)
@@ -122,7 +122,7 @@ class ConvLSTMCell(nn.Module):
         chunks = split_gates(self.conv_x(x) + self.conv_h(h), self.hidden_channels)
         i, f, g, o = (chunks[k] for k in self._index)
         if self.peephole_weight is not None:
-            w_ci, w_cf, w_co = self.peephole_weight.unbind(0)
+            w_ci, w_cf = self.peephole_weight[0], self.peephole_weight[1]
             i = i + w_ci * c
             f = f + w_cf * c
         if self.forget_bias != 0.0:

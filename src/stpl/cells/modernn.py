@@ -86,7 +86,9 @@ class DetailContextBlock(nn.Module):
         self.x_channels = check_positive_int("x_channels", x_channels)
         self.h_channels = check_positive_int("h_channels", h_channels)
         if isinstance(kernel_sizes, int) or len(kernel_sizes) == 0:
-            raise ValueError(f"kernel_sizes must be a non-empty sequence of odd ints; got {kernel_sizes!r}")
+            raise ValueError(
+                f"kernel_sizes must be a non-empty sequence of odd ints; got {kernel_sizes!r}"
+            )
         self.kernel_sizes = tuple(check_kernel_size("kernel_sizes", k) for k in kernel_sizes)
         self.rounds = check_positive_int("rounds", rounds)
         self.scale = float(scale)
@@ -233,8 +235,12 @@ class MoDeRNNCell(nn.Module):
             first=dcb_first,
             share_weights=dcb_share_weights,
         )
-        self.conv_x = GateConv(in_channels, 4 * nh, kernel_size, norm=self.norm, spatial_size=self.spatial_size)
-        self.conv_h = GateConv(nh, 4 * nh, kernel_size, norm=self.norm, spatial_size=self.spatial_size)
+        self.conv_x = GateConv(
+            in_channels, 4 * nh, kernel_size, norm=self.norm, spatial_size=self.spatial_size
+        )
+        self.conv_h = GateConv(
+            nh, 4 * nh, kernel_size, norm=self.norm, spatial_size=self.spatial_size
+        )
         self.norm_cell: LayerNorm2d | None = None
         if self.norm == "layer":
             self.norm_cell = LayerNorm2d(nh, spatial_size=self.spatial_size)

@@ -96,12 +96,16 @@ class STLSTMCell(nn.Module):
         self.spatial_size = check_spatial_size(spatial_size)
         self.forget_bias = float(forget_bias)
         self.action_channels = (
-            None if action_channels is None else check_positive_int("action_channels", action_channels)
+            None
+            if action_channels is None
+            else check_positive_int("action_channels", action_channels)
         )
         nh, k = hidden_channels, kernel_size
 
         def gate_conv(c_in: int, c_out: int) -> GateConv:
-            return GateConv(c_in, c_out, k, bias=bias, norm=self.norm, spatial_size=self.spatial_size)
+            return GateConv(
+                c_in, c_out, k, bias=bias, norm=self.norm, spatial_size=self.spatial_size
+            )
 
         self.conv_x = gate_conv(in_channels, 7 * nh)
         self.conv_h = gate_conv(nh, 4 * nh)
