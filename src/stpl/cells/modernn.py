@@ -156,7 +156,8 @@ class DetailContextBlock(nn.Module):
         return (
             f"{self.x_channels}, {self.h_channels}, kernel_sizes={self.kernel_sizes}, "
             f"rounds={self.rounds}, scale={self.scale}, norm={self.norm!r}, "
-            f"reduction={self.reduction!r}, first={self.first!r}, share_weights={self.share_weights}"
+            f"reduction={self.reduction!r}, first={self.first!r}, "
+            f"share_weights={self.share_weights}"
         )
 
 

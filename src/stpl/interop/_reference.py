@@ -265,7 +265,8 @@ def load_reference(
         if value.shape != want:
             raise ValueError(
                 f"state_dict of source {source!r}: {key} has shape {tuple(value.shape)}, "
-                f"expected {tuple(want)} (patch_size={patch_size}, image_channels={image_channels}?)"
+                f"expected {tuple(want)} "
+                f"(patch_size={patch_size}, image_channels={image_channels}?)"
             )
     model.load_state_dict(converted)
     return model
