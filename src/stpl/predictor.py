@@ -6,13 +6,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from stpl.cells import ConvLSTMCell, MoDeRNNCell, STLSTMCell, STLSTMState
 from stpl.cells._toolkit import check_kernel_size, check_positive_int
 from stpl.patching import PatchOrder, check_divisible, check_patch_order, patchify, unpatchify
+from stpl.training import decoupling_term
 
 CellFactory = Callable[[int, int], nn.Module]
 """A callable ``(in_channels, hidden_channels) -> cell``; the cell maps
@@ -41,13 +41,6 @@ class PredictorOutput(NamedTuple):
     predictions: Tensor
     state: list[LayerState]
     decouple_loss: Tensor | None
-
-
-def _decouple_term(adapter: nn.Conv2d, delta_c: Tensor, delta_m: Tensor) -> Tensor:
-    """``mean_{b,c} |cos_HW(adapter(Δc), adapter(Δm))|`` for one (step, layer)."""
-    a = adapter(delta_c).flatten(2)
-    b = adapter(delta_m).flatten(2)
-    return F.cosine_similarity(a, b, dim=2).abs().mean()
 
 
 class EncoderStackDecoder(nn.Module):
@@ -286,7 +279,7 @@ class EncoderStackDecoder(nn.Module):
             if self.adapter is not None:
                 out = cell.forward_with_increments(inp, state, **kwargs)  # type: ignore[operator]
                 h, new_state = out[0], out[1]
-                term = _decouple_term(self.adapter, out[2], out[3])
+                term = decoupling_term(out[2], out[3], self.adapter)
                 decouple = term if decouple is None else decouple + term
             else:
                 h, new_state = cell(inp, state, **kwargs)
