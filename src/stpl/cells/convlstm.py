@@ -115,6 +115,16 @@ class ConvLSTMCell(nn.Module):
         Returns ``(h', LSTMState(h', c'))``, each ``(B, C_hidden, H, W)``.
         """
         check_map("x", x, self.in_channels)
+        if (
+            self.peephole
+            and self.spatial_size is not None
+            and tuple(x.shape[-2:]) != self.spatial_size
+        ):
+            raise ValueError(
+                f"this cell has per-element peephole weights for spatial_size="
+                f"{self.spatial_size}; got a map of size {tuple(x.shape[-2:])} "
+                "(build the cell with spatial_size=None to accept any resolution)"
+            )
         if state is None:
             state = self.initial_state(x)
         h = check_state_map("state.h", state[0], x, self.hidden_channels)
