@@ -1,0 +1,22 @@
+"""Shared fixtures. Helpers for the cell tests (plain reference equations) are in ``_plain.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
+
+
+@pytest.fixture
+def golden() -> Callable[[str], dict[str, Any]]:
+    """Load ``tests/data/golden/<name>`` (see the README there for where the files come from)."""
+
+    def load(name: str) -> dict[str, Any]:
+        return torch.load(GOLDEN_DIR / name, weights_only=True)
+
+    return load
