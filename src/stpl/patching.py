@@ -39,8 +39,16 @@ def check_patch_order(order: object) -> PatchOrder:
     return order  # type: ignore[return-value]
 
 
+def check_patch_size(patch_size: object) -> int:
+    """Return ``patch_size`` if it is an ``int`` >= 1, else raise ``ValueError``."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int; got {patch_size!r}")
+    return patch_size
+
+
 def check_divisible(height: int, width: int, patch_size: int) -> None:
     """Raise ``ValueError`` unless ``H`` and ``W`` are divisible by ``patch_size``."""
+    check_patch_size(patch_size)
     if height % patch_size or width % patch_size:
         bad = "H" if height % patch_size else "W"
         value = height if bad == "H" else width
@@ -56,6 +64,7 @@ def patchify(x: Tensor, patch_size: int, order: PatchOrder = "predrnn") -> Tenso
     Raises:
         ValueError: ``x`` has fewer than 3 dims, or H or W is not divisible by ``patch_size``.
     """
+    check_patch_order(order)
     if x.dim() < 3:
         raise ValueError(f"x must be (..., C, H, W); got shape {tuple(x.shape)}")
     check_divisible(x.shape[-2], x.shape[-1], patch_size)
@@ -70,7 +79,8 @@ def unpatchify(x: Tensor, patch_size: int, order: PatchOrder = "predrnn") -> Ten
 
     ``(..., p*p*C, H/p, W/p) -> (..., C, H, W)``.
     """
-    p = patch_size
+    check_patch_order(order)
+    p = check_patch_size(patch_size)
     if x.dim() < 3:
         raise ValueError(f"x must be (..., p*p*C, h, w); got shape {tuple(x.shape)}")
     if x.shape[-3] % (p * p):

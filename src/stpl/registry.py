@@ -10,32 +10,34 @@ from stpl.predictor import EncoderStackDecoder
 
 _MMNIST = {"in_channels": 1, "hidden_channels": 64, "num_layers": 4, "patch_size": 4}
 
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Shi et al. 2015 cell in OpenSTL's ConvLSTM_Model layout (no encoder, bias-free decoder).
+    "convlstm": {**_MMNIST, "cell": "convlstm", "kernel_size": 5, "decoder_bias": False},
+    # PredRNN (NeurIPS 2017), thuml/predrnn-pytorch layout.
+    "predrnn": {**_MMNIST, "cell": "stlstm", "kernel_size": 5, "decoder_bias": False},
+    # PredRNN-V2 (TPAMI 2022): PredRNN plus the shared adapter of the decoupling loss.
+    "predrnn_v2": {
+        **_MMNIST,
+        "cell": "stlstm",
+        "kernel_size": 5,
+        "decoder_bias": False,
+        "decoupling": True,
+    },
+    # MoDeRNN (ICASSP 2022), czh-98/MoDeRNN's released Moving MNIST script (kernel 3).
+    "modernn": {
+        **_MMNIST,
+        "cell": "modernn",
+        "kernel_size": 3,
+        "encoder": "conv1x1",
+        "encoder_bias": True,
+        "decoder_bias": True,
+        "patch_order": "modernn",
+        "norm": "layer",
+    },
+}
+# read-only at both levels: editing a preset in place would change every later get_model
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {
-        # Shi et al. 2015 cell in OpenSTL's ConvLSTM_Model layout (no encoder, bias-free decoder).
-        "convlstm": {**_MMNIST, "cell": "convlstm", "kernel_size": 5, "decoder_bias": False},
-        # PredRNN (NeurIPS 2017), thuml/predrnn-pytorch layout.
-        "predrnn": {**_MMNIST, "cell": "stlstm", "kernel_size": 5, "decoder_bias": False},
-        # PredRNN-V2 (TPAMI 2022): PredRNN plus the shared adapter of the decoupling loss.
-        "predrnn_v2": {
-            **_MMNIST,
-            "cell": "stlstm",
-            "kernel_size": 5,
-            "decoder_bias": False,
-            "decoupling": True,
-        },
-        # MoDeRNN (ICASSP 2022), czh-98/MoDeRNN's released Moving MNIST script (kernel 3).
-        "modernn": {
-            **_MMNIST,
-            "cell": "modernn",
-            "kernel_size": 3,
-            "encoder": "conv1x1",
-            "encoder_bias": True,
-            "decoder_bias": True,
-            "patch_order": "modernn",
-            "norm": "layer",
-        },
-    }
+    {name: MappingProxyType(options) for name, options in _PRESETS.items()}
 )
 """Default keyword arguments of each preset (``stpl.get_model(name)``)."""
 

@@ -56,6 +56,8 @@ def convert_cell_state_dict(source: str, state_dict: Mapping[str, Tensor]) -> di
         A state dict for ``cell.load_state_dict``. OpenSTL ConvLSTM's dead ``conv_o`` and
         ``conv_last`` are dropped.
     """
+    if source not in CELL_SOURCES:
+        raise ValueError(f"unknown cell source {source!r}; known: {CELL_SOURCES}")
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         new = _convert_cell_key(source, key, value, state_dict)
@@ -144,8 +146,10 @@ def _infer_options(
         options.update(
             cell="modernn",
             encoder="conv1x1",
-            encoder_bias="embed.bias" in state_dict,
-            decoder_bias="output.bias" in state_dict,
+            # the reference's embed and output convolutions always have a bias: a missing
+            # one is a missing key, not a different architecture
+            encoder_bias=True,
+            decoder_bias=True,
             patch_order="modernn",
         )
     else:

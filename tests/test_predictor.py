@@ -1,0 +1,629 @@
+"""``EncoderStackDecoder``: the step semantics of api.md, state in/out, generate, actions,
+decoupling, checkpointing, compile and mixed precision.
+
+``manual_rollout`` below restates api.md's rule as a hand-written loop over the model's own
+cells (patching in pixel space, mixing with the mask, zigzag memory, decoder), so every test
+that compares against it fails if the predictor feeds the wrong frame, indexes the mask
+wrongly or passes the memory along the wrong path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.testing import assert_close
+
+import stpl
+from stpl.patching import patchify, unpatchify
+
+B, T, H, W, P = 2, 6, 8, 8, 2
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(cell: str = "stlstm", **kwargs) -> stpl.EncoderStackDecoder:
+    options = {
+        "in_channels": 1,
+        "hidden_channels": 4,
+        "num_layers": 2,
+        "patch_size": P,
+        "kernel_size": 3,
+        **kwargs,
+    }
+    torch.manual_seed(0)
+    return stpl.EncoderStackDecoder(cell, **options).eval()
+
+
+def frames_like(model: stpl.EncoderStackDecoder, t: int = T, seed: int = 1) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(B, t, model.in_channels, H, W, generator=gen)
+
+
+def binary_mask(seed: int = 2, t: int = T) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(B, t - 2, generator=gen) < 0.5).float()
+
+
+def plain_decouple_term(adapter: nn.Conv2d, delta_c: Tensor, delta_m: Tensor) -> Tensor:
+    """mean over (b, c) of |cosine over H*W| of the adapted increments."""
+    a = F.conv2d(delta_c, adapter.weight).flatten(2)
+    b = F.conv2d(delta_m, adapter.weight).flatten(2)
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    return cos.abs().mean()
+
+
+def manual_rollout(
+    model: stpl.EncoderStackDecoder,
+    frames: Tensor,
+    *,
+    context: int | None = None,
+    mask: Tensor | None = None,
+    state: list | None = None,
+    actions: Tensor | None = None,
+) -> tuple[Tensor, list, Tensor | None]:
+    """api.md's step rule, by hand, over ``model.cells``; returns (predictions, state, decouple)."""
+    b, t_total, c, h, w = frames.shape
+    p, order = model.patch_size, model.patch_order
+    context = t_total if context is None else context
+    if mask is not None:
+        if mask.dim() == 2:
+            mask = mask[:, :, None, None, None]
+        mask = mask.expand(b, t_total - 2, c, h, w)
+    if actions is not None and actions.dim() == 3:
+        actions = actions[..., None, None].expand(-1, -1, -1, h, w)
+    zigzag = isinstance(model.cells[0], stpl.STLSTMCell)
+    states = list(state) if state is not None else [None] * model.num_layers
+    memory = states[-1].m if (zigzag and state is not None) else None
+    preds: list[Tensor] = []
+    terms: list[Tensor] = []
+    for t in range(t_total - 1):
+        if t < context:
+            x = frames[:, t]
+        elif mask is None:
+            x = preds[-1]
+        else:
+            x = mask[:, t - 1] * frames[:, t] + (1 - mask[:, t - 1]) * preds[-1]
+        inp = patchify(x, p, order)
+        if model.encoder is not None:
+            inp = F.conv2d(inp, model.encoder.weight, model.encoder.bias)
+        kwargs = {} if actions is None else {"action": patchify(actions[:, t], p, order)}
+        for layer, cell in enumerate(model.cells):
+            st = states[layer]
+            if zigzag:
+                if st is None:
+                    z = inp.new_zeros(b, cell.hidden_channels, h // p, w // p)
+                    st = stpl.STLSTMState(z, z, z)
+                if memory is not None:  # from layer l-1 at step t, or from the top at t-1
+                    st = stpl.STLSTMState(st.h, st.c, memory)
+            if model.adapter is not None:
+                res = cell.forward_with_increments(inp, st, **kwargs)
+                hidden, st = res.h, res.state
+                terms.append(plain_decouple_term(model.adapter, res.delta_c, res.delta_m))
+            else:
+                hidden, st = cell(inp, st, **kwargs)
+            if zigzag:
+                memory = st.m
+            states[layer] = st
+            inp = hidden
+        out = F.conv2d(inp, model.decoder.weight, model.decoder.bias)
+        preds.append(unpatchify(out, p, order))
+    decouple = torch.stack(terms).mean() if terms else None
+    return torch.stack(preds, 1), states, decouple
+
+
+CELL_NAMES = ["stlstm", "convlstm", "modernn"]
+
+
+# ------------------------------------------------------------------ step semantics
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_teacher_forcing_equals_manual(cell):
+    model = make(cell)
+    frames = frames_like(model)
+    out = model(frames)
+    preds, states, _ = manual_rollout(model, frames)
+    assert out.predictions.shape == (B, T - 1, 1, H, W)
+    assert_close(out.predictions, preds)
+    assert len(out.state) == model.num_layers
+    for ours, theirs in zip(out.state, states, strict=True):
+        assert type(ours) is type(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            assert_close(a, b)
+
+
+def test_state_types():
+    frames = frames_like(make())
+    assert all(isinstance(s, stpl.STLSTMState) for s in make("stlstm")(frames).state)
+    assert all(isinstance(s, stpl.LSTMState) for s in make("convlstm")(frames).state)
+    assert all(isinstance(s, stpl.LSTMState) for s in make("modernn")(frames).state)
+
+
+def test_step_t_predicts_frame_t_plus_1():
+    """Teacher forced, prediction t depends on frames 0..t only."""
+    model = make()
+    frames = frames_like(model)
+    changed = frames.clone()
+    changed[:, 3] = torch.rand_like(changed[:, 3])
+    a, b = model(frames).predictions, model(changed).predictions
+    assert_close(a[:, :3], b[:, :3])
+    assert not torch.allclose(a[:, 3], b[:, 3])
+
+
+def test_mask_of_ones_is_teacher_forcing():
+    model = make()
+    frames = frames_like(model)
+    teacher = model(frames).predictions
+    assert_close(model(frames, context=T).predictions, teacher)
+    for context in (1, 3):
+        assert_close(model(frames, context=context, mask=torch.ones(B, T - 2)).predictions, teacher)
+    # and differs from free running, so the comparison above can fail
+    assert not torch.allclose(model(frames, context=3).predictions, teacher)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_zeros_mask_and_none_are_free_running(cell):
+    model = make(cell)
+    frames = frames_like(model)
+    free = model(frames, context=3).predictions
+    assert_close(model(frames, context=3, mask=torch.zeros(B, T - 2)).predictions, free)
+    assert_close(free, manual_rollout(model, frames, context=3)[0])
+    # frames after the context are never read
+    noisy = frames.clone()
+    noisy[:, 3:] = float("nan")
+    assert_close(model(noisy, context=3).predictions, free)
+
+
+def test_scheduled_sampling_equals_manual():
+    model = make(decoupling=True)
+    frames, mask = frames_like(model), binary_mask()
+    out = model(frames, context=3, mask=mask)
+    preds, _, decouple = manual_rollout(model, frames, context=3, mask=mask)
+    assert_close(out.predictions, preds)
+    assert_close(out.decouple_loss, decouple)
+
+
+def test_mask_entries_before_context_are_ignored():
+    model = make()
+    frames, mask = frames_like(model), binary_mask()
+    other = mask.clone()
+    other[:, :2] = 1 - other[:, :2]  # entries t-1 for steps t = 1, 2 < context = 3
+    assert_close(
+        model(frames, context=3, mask=mask).predictions,
+        model(frames, context=3, mask=other).predictions,
+    )
+
+
+def test_reverse_scheduled_sampling_equals_manual():
+    """context=1 with a (B, T-2) mask: step 0 reads frame 0, step t >= 1 mixes with mask[:, t-1]."""
+    model = make(decoupling=True)
+    frames = frames_like(model)
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    out = model(frames, context=1, mask=mask)
+    preds, _, decouple = manual_rollout(model, frames, context=1, mask=mask)
+    assert_close(out.predictions, preds)
+    assert_close(out.decouple_loss, decouple)
+
+
+def test_reverse_scheduled_sampling_by_hand():
+    """The same rule spelled out step by step with the model's cells and a one-layer model."""
+    model = make(num_layers=1, decoupling=False)
+    frames = frames_like(model)
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    cell, state, pred, preds = model.cells[0], None, None, []
+    for t in range(T - 1):
+        if t == 0:
+            x = frames[:, 0]
+        else:
+            m = mask[:, t - 1, None, None, None]
+            x = m * frames[:, t] + (1 - m) * pred
+        h, state = cell(patchify(x, P), state)
+        # a single layer: its memory comes from itself at the previous step
+        pred = unpatchify(model.decoder(h), P)
+        preds.append(pred)
+    assert_close(model(frames, context=1, mask=mask).predictions, torch.stack(preds, 1))
+
+
+def test_mask_shapes_agree():
+    model = make(in_channels=2)
+    frames = frames_like(model)
+    mask = binary_mask()
+    expected = model(frames, context=2, mask=mask).predictions
+    shapes = [
+        mask[:, :, None, None, None],  # (B, T-2, 1, 1, 1)
+        mask[:, :, None, None, None].expand(B, T - 2, 2, H, W),  # (B, T-2, C, H, W)
+        mask[:, :, None, None, None].expand(B, T - 2, 1, H, W),  # (B, T-2, 1, H, W)
+        mask[:, :, None, None, None].expand(B, T - 2, 2, 1, 1),  # (B, T-2, C, 1, 1)
+    ]
+    for m in shapes:
+        assert_close(model(frames, context=2, mask=m).predictions, expected)
+    # a mask shared by the batch broadcasts over it
+    shared = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    assert_close(
+        model(frames, context=2, mask=shared[None, :, None, None, None]).predictions,
+        model(frames, context=2, mask=shared.expand(B, -1)).predictions,
+    )
+    # a mask differing between samples and channels changes the result
+    assert not torch.allclose(model(frames, context=2, mask=1 - mask).predictions, expected)
+
+
+def test_pixel_varying_mask_equals_manual():
+    model = make(in_channels=2, patch_order="modernn")
+    frames = frames_like(model)
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.rand(B, T - 2, 2, H, W, generator=gen)  # soft, per pixel
+    out = model(frames, context=1, mask=mask)
+    assert_close(out.predictions, manual_rollout(model, frames, context=1, mask=mask)[0])
+
+
+# ------------------------------------------------------------------ state in / out
+@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_chunked_rollout_equals_one_rollout(cell, k):
+    model = make(cell)
+    frames = frames_like(model)
+    full = model(frames)
+    first = model(frames[:, : k + 1])
+    second = model(frames[:, k:], state=first.state)
+    assert_close(torch.cat([first.predictions, second.predictions], 1), full.predictions)
+    for a, b in zip(second.state, full.state, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert_close(x, y)
+
+
+def test_chunked_rollout_with_state_equals_manual():
+    model = make(decoupling=True)
+    frames = frames_like(model)
+    first = model(frames[:, :3])
+    out = model(frames[:, 2:], context=2, mask=binary_mask(t=T - 2), state=first.state)
+    preds, _, decouple = manual_rollout(
+        model, frames[:, 2:], context=2, mask=binary_mask(t=T - 2), state=first.state
+    )
+    assert_close(out.predictions, preds)
+    assert_close(out.decouple_loss, decouple)
+
+
+def test_state_changes_the_output():
+    model = make()
+    frames = frames_like(model)
+    warm = model(frames[:, :3]).state
+    assert not torch.allclose(
+        model(frames[:, 2:], state=warm).predictions, model(frames[:, 2:]).predictions
+    )
+
+
+# ------------------------------------------------------------------ generate
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_generate_equals_free_running_forward(cell):
+    model = make(cell)
+    t_c, horizon = 2, 9  # longer than any rollout the tests train on
+    frames = frames_like(model, t=t_c + horizon)
+    frames[:, t_c:] = float("nan")  # arbitrary: never read
+    video = model.generate(frames[:, :t_c], horizon=horizon)
+    assert video.shape == (B, horizon, 1, H, W)
+    assert torch.isfinite(video).all()
+    expected = model(frames, context=t_c).predictions[:, t_c - 1 :]
+    assert_close(video, expected)
+    assert not video.requires_grad
+
+
+def test_generate_continues_from_state():
+    model = make()
+    frames = frames_like(model, t=8)
+    warm = model(frames[:, :4])  # state after reading frames 0..2
+    continued = model.generate(frames[:, 3:5], horizon=4, state=warm.state)
+    assert_close(continued, model.generate(frames[:, :5], horizon=4))
+
+
+def test_generate_horizon_one_is_the_last_teacher_forced_prediction():
+    model = make()
+    frames = frames_like(model)
+    assert_close(model.generate(frames[:, :4], horizon=1), model(frames[:, :5]).predictions[:, 3:4])
+
+
+# ------------------------------------------------------------------ channels and layers
+def test_out_channels_differ_from_in_channels():
+    model = make(in_channels=3, out_channels=1)
+    frames = frames_like(model)
+    out = model(frames)
+    assert out.predictions.shape == (B, T - 1, 1, H, W)
+    assert_close(out.predictions, manual_rollout(model, frames)[0])
+    # context T-1: the last step reads a true frame too, no prediction is fed back
+    assert model(frames, context=T - 1).predictions.shape == (B, T - 1, 1, H, W)
+    with pytest.raises(ValueError, match="out_channels=1 != in_channels=3"):
+        model(frames, context=2)
+    with pytest.raises(ValueError, match="out_channels"):
+        model(frames, context=2, mask=torch.ones(B, T - 2))
+    assert model.generate(frames[:, :3], horizon=1).shape == (B, 1, 1, H, W)
+    with pytest.raises(ValueError, match="out_channels"):
+        model.generate(frames[:, :3], horizon=2)
+
+
+@pytest.mark.parametrize(("cell", "hidden"), [("convlstm", [4, 6, 8]), ("modernn", [6, 4])])
+def test_hidden_channels_per_layer(cell, hidden):
+    model = make(cell, hidden_channels=hidden)
+    assert model.num_layers == len(hidden)
+    assert model.hidden_channels == tuple(hidden)
+    assert [c.hidden_channels for c in model.cells] == hidden
+    frames = frames_like(model)
+    out = model(frames, context=3)
+    assert [s.h.shape[1] for s in out.state] == hidden
+    assert_close(out.predictions, manual_rollout(model, frames, context=3)[0])
+
+
+def test_zigzag_with_unequal_hidden_channels_raises():
+    with pytest.raises(ValueError, match="equal hidden_channels"):
+        make("stlstm", hidden_channels=[4, 6])
+    with pytest.raises(ValueError, match="hidden_channels"):
+        make("convlstm", hidden_channels=[])
+
+
+class TinyConvGRU(nn.Module):
+    """A user-defined cell: ``(x, state) -> (h, state)`` with a 1-tuple state."""
+
+    def __init__(self, in_channels: int, hidden_channels: int) -> None:
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        self.gates = nn.Conv2d(in_channels + hidden_channels, 2 * hidden_channels, 3, padding=1)
+        self.cand = nn.Conv2d(in_channels + hidden_channels, hidden_channels, 3, padding=1)
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor]]:
+        h = (
+            x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:])
+            if state is None
+            else state[0]
+        )
+        z, r = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
+        n = torch.tanh(self.cand(torch.cat([x, r * h], 1)))
+        h = (1 - z) * h + z * n
+        return h, (h,)
+
+
+def test_user_cell_factory():
+    def factory(c_in: int, c_hidden: int) -> nn.Module:
+        return stpl.ConvLSTMCell(c_in, c_hidden, 3, forget_bias=1.0)
+
+    model = make(factory)
+    assert all(c.forget_bias == 1.0 for c in model.cells)
+    frames = frames_like(model)
+    assert_close(model(frames, context=3).predictions, manual_rollout(model, frames, context=3)[0])
+
+    gru = make(TinyConvGRU, hidden_channels=[4, 5])
+    out = gru(frames, context=3)
+    assert out.predictions.shape == (B, T - 1, 1, H, W)
+    assert [s[0].shape[1] for s in out.state] == [4, 5]
+    assert_close(out.predictions, manual_rollout(gru, frames, context=3)[0])
+    first = gru(frames[:, :3])
+    second = gru(frames[:, 2:], state=first.state)
+    assert_close(torch.cat([first.predictions, second.predictions], 1), gru(frames).predictions)
+
+
+def test_cell_options_with_a_factory_raise():
+    with pytest.raises(ValueError, match="cell options"):
+        make(TinyConvGRU, norm="layer")
+
+
+def test_unknown_cell_name_lists_cells():
+    with pytest.raises(ValueError, match="unknown cell") as info:
+        make("gru")
+    for name in stpl.CELLS:
+        assert repr(name) in str(info.value)
+
+
+# ------------------------------------------------------------------ actions
+def test_action_conditioning():
+    model = make(action_channels=3)
+    frames = frames_like(model)
+    gen = torch.Generator().manual_seed(9)
+    vec = torch.randn(B, T, 3, generator=gen)
+    maps = vec[..., None, None].expand(B, T, 3, H, W)
+    out = model(frames, context=3, actions=vec)
+    assert_close(model(frames, context=3, actions=maps.contiguous()).predictions, out.predictions)
+    assert_close(out.predictions, manual_rollout(model, frames, context=3, actions=vec)[0])
+    # the actions matter
+    assert not torch.allclose(model(frames, context=3, actions=-vec).predictions, out.predictions)
+    # pixel-varying action maps
+    varying = torch.randn(B, T, 3, H, W, generator=gen)
+    assert_close(
+        model(frames, context=3, actions=varying).predictions,
+        manual_rollout(model, frames, context=3, actions=varying)[0],
+    )
+    # generate reads one action per step that runs
+    video = model.generate(frames[:, :2], horizon=4, actions=vec[:, :5])
+    assert_close(video, model(frames, context=2, actions=vec).predictions[:, 1:5])
+
+
+def test_action_errors():
+    model = make(action_channels=3)
+    frames = frames_like(model)
+    with pytest.raises(ValueError, match="actions"):
+        model(frames)
+    with pytest.raises(ValueError, match="actions"):
+        model(frames, actions=torch.zeros(B, T, 2))
+    with pytest.raises(ValueError, match="actions"):
+        model(frames, actions=torch.zeros(B, 2, 3))  # does not cover the steps
+    with pytest.raises(ValueError, match="actions"):
+        model.generate(frames[:, :2], horizon=4, actions=torch.zeros(B, 3, 3))
+    with pytest.raises(ValueError, match="action_channels"):
+        make()(frames, actions=torch.zeros(B, T, 3))
+
+
+# ------------------------------------------------------------------ decoupling
+def test_decoupling_term_equals_plain_computation():
+    model = make(decoupling=True, num_layers=3)
+    frames = frames_like(model)
+    out = model(frames, context=2)
+    # by hand: every (step, layer) term, then the mean over steps and layers
+    _, _, expected = manual_rollout(model, frames, context=2)
+    assert out.decouple_loss.dim() == 0
+    assert_close(out.decouple_loss, expected)
+    assert 0 < out.decouple_loss.item() < 1
+    assert make()(frames).decouple_loss is None
+
+
+def test_decoupling_needs_increments():
+    with pytest.raises(ValueError, match="decoupling"):
+        make("convlstm", decoupling=True)
+
+
+def test_decoupling_adapter_gets_gradient():
+    model = make(decoupling=True)
+    out = model(frames_like(model))
+    out.decouple_loss.backward()
+    assert model.adapter.weight.grad is not None
+    assert model.adapter.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ checkpointing, training
+def test_checkpoint_steps_gives_identical_outputs_and_gradients():
+    plain = make(decoupling=True).train()
+    ckpt = make(decoupling=True, checkpoint_steps=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    frames, mask = frames_like(plain), binary_mask()
+    results = []
+    for model in (plain, ckpt):
+        out = model(frames, context=2, mask=mask)
+        loss = F.mse_loss(out.predictions, frames[:, 1:]) + 0.1 * out.decouple_loss
+        loss.backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = results
+    assert_close(a.predictions, b.predictions)
+    assert_close(a.decouple_loss, b.decouple_loss)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        assert_close(ga[name], gb[name], msg=name)
+
+
+@pytest.mark.parametrize("name", stpl.list_models())
+def test_every_preset_trains_one_step(name):
+    torch.manual_seed(0)
+    model = stpl.get_model(name, hidden_channels=8, num_layers=2, image_size=16).train()
+    frames = torch.rand(2, 5, 1, 16, 16)
+    out = model(frames, context=2, mask=torch.ones(2, 3))
+    loss = F.mse_loss(out.predictions, frames[:, 1:])
+    if out.decouple_loss is not None:
+        loss = loss + 0.1 * out.decouple_loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        assert p.grad is not None, f"{n} is unused"
+        assert torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, f"{n} has a zero gradient"
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    for n, p in model.named_parameters():
+        assert not torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize("cell", ["stlstm", "modernn"])
+def test_bf16_autocast_forward_backward(cell):
+    model = make(cell, decoupling=cell == "stlstm").train()
+    frames, mask = frames_like(model), binary_mask()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(frames, context=2, mask=mask)
+        loss = F.mse_loss(out.predictions.float(), frames[:, 1:])
+        if out.decouple_loss is not None:
+            loss = loss + 0.1 * out.decouple_loss.float()
+    assert torch.isfinite(loss)
+    loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dtypes(dtype):
+    model = make().to(dtype)
+    frames = frames_like(model).to(dtype)
+    out = model(frames, context=2)
+    assert out.predictions.dtype == dtype
+    assert all(t.dtype == dtype for s in out.state for t in s)
+    assert torch.isfinite(out.predictions).all()
+
+
+def test_gradcheck_float64():
+    model = make(num_layers=1, hidden_channels=2).double()
+    frames = torch.rand(1, 3, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: model(f, context=1).predictions, (frames,))
+
+
+# ------------------------------------------------------------------ compile
+def test_compile_fullgraph():
+    model = make(decoupling=True)
+    frames, mask = frames_like(model, t=4), binary_mask(t=4)
+    explanation = torch._dynamo.explain(model)(frames, context=2, mask=mask)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    out = compiled(frames, context=2, mask=mask)
+    ref = model(frames, context=2, mask=mask)
+    assert_close(out.predictions, ref.predictions)
+    assert_close(out.decouple_loss, ref.decouple_loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["convlstm", "modernn"])
+def test_compile_fullgraph_other_cells(cell):
+    model = make(cell)
+    frames = frames_like(model, t=4)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    assert_close(compiled(frames, context=2).predictions, model(frames, context=2).predictions)
+
+
+# ------------------------------------------------------------------ errors
+def test_error_messages():
+    model = make()
+    frames = frames_like(model)
+    with pytest.raises(
+        ValueError, match=r"frames must be \(B, T, C, H, W\); got shape \(2, 1, 8, 8\)"
+    ):
+        model(frames[:, 0])
+    with pytest.raises(ValueError, match=r"C=1 channels"):
+        model(torch.rand(B, T, 3, H, W))
+    with pytest.raises(ValueError, match=r"H=7 is not divisible by patch_size=2"):
+        model(torch.rand(B, T, 1, 7, 8))
+    with pytest.raises(ValueError, match="floating"):
+        model(torch.zeros(B, T, 1, H, W, dtype=torch.long))
+    with pytest.raises(ValueError, match="T >= 2"):
+        model(frames[:, :1])
+    state = model(frames).state
+    with pytest.raises(ValueError, match=r"state must hold one state per layer \(2\); got 1"):
+        model(frames, state=state[:1])
+    with pytest.raises(ValueError, match="state"):
+        model(frames[:1], state=state)  # another batch size
+    for bad in (torch.ones(B, T - 1), torch.ones(B, T - 2, 1, 1), torch.ones(B, T - 2, 2, 1, 1)):
+        with pytest.raises(ValueError, match=r"mask must be \(B, T-2\)"):
+            model(frames, context=2, mask=bad)
+    for context in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="context must be an int >= 1"):
+            model(frames, context=context)
+    with pytest.raises(ValueError, match="horizon"):
+        model.generate(frames, horizon=0)
+    with pytest.raises(ValueError, match="context_frames"):
+        model.generate(frames[:, 0], horizon=2)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="patch_size"):
+        make(patch_size=0)
+    with pytest.raises(ValueError, match="kernel_size"):
+        make(kernel_size=4)
+    with pytest.raises(ValueError, match="patch_order"):
+        make(patch_order="nope")
+    with pytest.raises(ValueError, match="encoder"):
+        make(encoder="mlp")
+    with pytest.raises(ValueError, match="in_channels"):
+        make(in_channels=0)
+
+
+def test_repr_shows_hyper_parameters():
+    text = repr(make(decoupling=True))
+    for part in ("cell='stlstm'", "hidden_channels=[4, 4]", "patch_size=2", "decoupling=True"):
+        assert part in text
