@@ -14,6 +14,7 @@ from stpl.cells import (
     STLSTMOutput,
     STLSTMState,
 )
+from stpl import data, interop, metrics, training
 from stpl.patching import PatchOrder, patchify, unpatchify
 from stpl.predictor import CELLS, EncoderStackDecoder, PredictorOutput
 from stpl.registry import PRESETS, get_model, list_models
@@ -43,4 +44,8 @@ __all__ = [
     "STLSTMOutput",
     "STLSTMState",
     "__version__",
+    "data",
+    "interop",
+    "metrics",
+    "training",
 ]
