@@ -1,0 +1,126 @@
+"""Smoke test of the throughput tool: it runs on tiny configurations and its JSON is well formed.
+
+No speed is asserted here (timings on shared machines drift); docs/benchmarks.md holds numbers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stpl.benchmark import BenchConfig, run_benchmark
+from stpl.benchmark.__main__ import main
+
+TINY = [
+    "--hidden",
+    "4",
+    "--image-size",
+    "8",
+    "--patch-size",
+    "2",
+    "--batch",
+    "2",
+    "--frames",
+    "4",
+    "--repeats",
+    "2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    """Tiny ops on a loaded 2-core machine: one thread avoids OpenMP oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _check_result(result: dict[str, object], mode: str) -> None:
+    for key in (
+        "config",
+        "machine",
+        "step",
+        "frames_per_s",
+        "flops",
+        "gflops_per_s",
+        "isolated_conv",
+        "fraction_of_conv_rate",
+        "peak_memory_bytes",
+        "compile",
+        "stream_latency",
+    ):
+        assert key in result, key
+    step = result["step"]
+    assert isinstance(step, dict)
+    assert step["median_s"] > 0 and step["iqr_s"] >= 0 and step["runs"] == 2
+    assert isinstance(result["flops"], int) and result["flops"] > 0
+    iso = result["isolated_conv"]
+    assert isinstance(iso, dict) and iso["calls"] > 0 and iso["flops"] > 0
+    frac = result["fraction_of_conv_rate"]
+    assert isinstance(frac, float) and frac > 0
+    assert isinstance(result["peak_memory_bytes"], int) and result["peak_memory_bytes"] > 0
+    if mode == "rollout":
+        stream = result["stream_latency"]
+        assert isinstance(stream, dict) and stream["median_s"] > 0
+    else:
+        assert result["stream_latency"] is None
+
+
+@pytest.mark.parametrize("mode", ["forward", "train", "rollout"])
+def test_cli_json_model(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model", "predrnn_v2", "--mode", mode, "--json", *TINY]) == 0
+    result = json.loads(capsys.readouterr().out)
+    _check_result(result, mode)
+    assert result["config"]["mode"] == mode
+    assert result["steps_per_run"] == 3
+
+
+@pytest.mark.parametrize("cell", ["convlstm", "stlstm", "modernn", "dcb"])
+def test_cli_json_cell(cell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--cell", cell, "--mode", "train", "--json", *TINY]) == 0
+    result = json.loads(capsys.readouterr().out)
+    _check_result(result, "train")
+    assert result["name"] == f"cell:{cell}"
+
+
+def test_bfloat16_channels_last_checkpoint_text(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "--model",
+        "modernn",
+        "--dtype",
+        "bfloat16",
+        "--channels-last",
+        "--checkpoint-steps",
+        *TINY,
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fraction of isolated-convolution rate" in out
+
+
+def test_cell_rollout_api() -> None:
+    config = BenchConfig(
+        model=None,
+        cell="convlstm",
+        hidden=4,
+        image_size=8,
+        patch_size=2,
+        batch=2,
+        frames=3,
+        repeats=2,
+        mode="rollout",
+        memory=False,
+    )
+    result = run_benchmark(config)
+    assert result["peak_memory_bytes"] is None
+    assert result["stream_latency"] is not None
+
+
+def test_invalid_configuration_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--cell", "dcb", "--checkpoint-steps"]) == 2
+    assert "checkpoint_steps" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="dtype"):
+        BenchConfig(dtype="float16")
