@@ -627,3 +627,19 @@ def test_repr_shows_hyper_parameters():
     text = repr(make(decoupling=True))
     for part in ("cell='stlstm'", "hidden_channels=[4, 4]", "patch_size=2", "decoupling=True"):
         assert part in text
+
+
+def test_mask_without_batch_dims_broadcasts_like_numpy() -> None:
+    torch.manual_seed(0)
+    model = stpl.EncoderStackDecoder("convlstm", 1, hidden_channels=4, num_layers=1, patch_size=2)
+    frames = torch.rand(2, 5, 1, 4, 4)
+    per_pixel = (torch.rand(3, 1, 4, 4) > 0.5).float()  # (T-2, C, H, W), shared by the batch
+    full = per_pixel.expand(2, 3, 1, 4, 4)
+    a = model(frames, context=1, mask=per_pixel).predictions
+    b = model(frames, context=1, mask=full).predictions
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_actions_with_a_cell_that_takes_none_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="action_channels needs a cell that takes actions"):
+        stpl.EncoderStackDecoder("convlstm", 1, hidden_channels=4, action_channels=2)

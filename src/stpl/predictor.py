@@ -158,6 +158,11 @@ class EncoderStackDecoder(nn.Module):
             cls = CELLS[cell]
             kernel = self.kernel_size
             if self.action_channels is not None:
+                if cell != "stlstm":
+                    raise ValueError(
+                        f"action_channels needs a cell that takes actions ('stlstm'); "
+                        f"got cell={cell!r}"
+                    )
                 options = {**options, "action_channels": self.action_channels * self.patch_size**2}
 
             def build(c_in: int, c_hidden: int) -> nn.Module:
@@ -235,6 +240,8 @@ class EncoderStackDecoder(nn.Module):
             raise TypeError(f"mask must be a torch.Tensor or None; got {type(mask).__name__}")
         if mask.dim() == 2:
             mask = mask[:, :, None, None, None]
+        elif 3 <= mask.dim() <= 4:  # broadcasting rules: leading dims of size 1
+            mask = mask.reshape((1,) * (5 - mask.dim()) + tuple(mask.shape))
         if mask.dim() != 5:
             raise ValueError(
                 f"mask must be (B, T-2) = ({b}, {t - 2}) or broadcastable to (B, T-2, C, H, W) = "
