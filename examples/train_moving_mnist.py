@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -77,7 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", default=None, help="checkpoint.pt to continue from")
     p.add_argument("--evaluate", default=None, help="checkpoint.pt to evaluate, then exit")
     p.add_argument(
-        "--stop-at", type=int, default=None, help="stop at this step (checkpointed; --resume goes on)"
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop at this step (checkpointed; --resume goes on)",
     )
     p.add_argument("--eval-every", type=int, default=50, help="steps between evaluations")
     p.add_argument("--seed", type=int, default=0)
@@ -258,6 +260,21 @@ def write_atomic(path: Path, write: Any) -> None:
             os.remove(tmp)
 
 
+def save_outputs(out: Path, checkpoint: dict[str, Any] | None, summary: dict[str, Any]) -> None:
+    """``checkpoint.pt`` (if given) and ``metrics.json``, each written atomically."""
+    if checkpoint is not None:
+        write_atomic(out / "checkpoint.pt", lambda p: torch.save(checkpoint, p))
+    write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+
+
+def save_pictures(
+    out: Path, truth: Tensor, pred: Tensor, result: dict[str, Any], context: int
+) -> None:
+    """``predictions.gif`` and ``frame_metrics.png``, each written atomically."""
+    write_atomic(out / "predictions.gif", lambda p: save_gif(p, truth, pred))
+    write_atomic(out / "frame_metrics.png", lambda p: save_plot(p, result, context))
+
+
 # --------------------------------------------------------------------------------------------
 # training
 
@@ -370,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
         data = iter(loader)
         gen = torch.Generator(device=device)
         frames_per_step = args.batch_size * (args.context + args.horizon - 1)
-        t0 = time.perf_counter()
+        t0, fps = time.perf_counter(), 0.0
         last = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
         while step < last:
             clips = next(data).to(device, non_blocking=True)
@@ -386,8 +403,10 @@ def run(args: argparse.Namespace) -> int:
             sched.step()
             sampling.step()
             step += 1
-            fps = frames_per_step * 1 / max(time.perf_counter() - t0, 1e-9)
-            t0 = time.perf_counter()
+            now = time.perf_counter()
+            rate = frames_per_step / max(now - t0, 1e-9)
+            fps = rate if fps == 0.0 else 0.9 * fps + 0.1 * rate  # smoothed
+            t0 = now
             if rank == 0:
                 progress(step, args.steps, loss.item(), fps, args.quiet)
             if step % args.eval_every == 0 or step == last:
@@ -410,21 +429,15 @@ def run(args: argparse.Namespace) -> int:
                         "history": history,
                         "args": vars(args),
                     }
-                    write_atomic(out / "checkpoint.pt", lambda p, c=ckpt: torch.save(c, p))
-                    write_atomic(
-                        out / "metrics.json",
-                        lambda p: p.write_text(json.dumps({"model": args.model, "history": history}, indent=2)),
-                    )
-                    write_atomic(out / "predictions.gif", lambda p: save_gif(p, truth, pred))
-                    write_atomic(out / "frame_metrics.png", lambda p: save_plot(p, result, args.context))
+                    save_outputs(out, ckpt, {"model": args.model, "history": history})
+                    save_pictures(out, truth, pred, result, args.context)
+                t0 = time.perf_counter()  # evaluation does not count in the throughput
         if world > 1:
             in_sync = ranks_in_sync(model)
             if rank == 0:
                 print(f"parameters identical on all {world} ranks: {in_sync}")
                 summary = {"model": args.model, "history": history, "ranks_in_sync": in_sync}
-                write_atomic(
-                    out / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2))
-                )
+                save_outputs(out, None, summary)
         if rank == 0 and not args.quiet:
             print(f"done: {step} steps; files in {out}/")
             print(paper_table(history[-1], args.model))

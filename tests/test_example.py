@@ -122,7 +122,9 @@ def test_trains_on_a_moving_mnist_file(example: ModuleType, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="no torchrun")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and sys.platform == "win32", reason="no torchrun"
+)
 def test_ddp_two_processes_stay_in_sync(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
