@@ -40,7 +40,9 @@ class BenchConfig:
         context: steps that read the true frame (models; default T // 2). In ``rollout``
             mode the number of context frames given to ``generate``.
         dtype: ``"float32"`` or ``"bfloat16"`` (autocast around the forward pass).
-        compile: ``torch.compile`` the module (inductor).
+        compile: ``torch.compile`` (inductor).
+        compile_scope: ``"step"`` (one recurrent step is compiled, the loop over time stays
+            Python) or ``"module"`` (the whole forward, the loop unrolled).
         channels_last: convert the parameters to ``torch.channels_last``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         mode: ``"forward"`` (no grad), ``"train"`` (forward + loss + backward) or
@@ -68,6 +70,7 @@ class BenchConfig:
     context: int | None = None
     dtype: str = "float32"
     compile: bool = False
+    compile_scope: str = "step"
     channels_last: bool = False
     device: str = "cpu"
     mode: str = "train"
@@ -90,6 +93,10 @@ class BenchConfig:
             raise ValueError(f"unknown cell {self.cell!r}; known cells: {list(CELL_NAMES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}; got {self.dtype!r}")
+        if self.compile_scope not in ("step", "module"):
+            raise ValueError(
+                f"compile_scope must be 'step' or 'module'; got {self.compile_scope!r}"
+            )
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}; got {self.mode!r}")
         for name in ("hidden", "layers", "kernel", "patch_size", "repeats", "threads"):
@@ -146,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, help="true-frame steps / generate context (T // 2)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="bfloat16 = autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
+    p.add_argument(
+        "--compile-scope",
+        choices=("step", "module"),
+        default="step",
+        help="compile one recurrent step (default) or the whole unrolled forward",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last parameters")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     p.add_argument("--mode", choices=MODES, default="train", help="what a step runs (train)")
@@ -186,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         context=args.context,
         dtype=args.dtype,
         compile=args.compile,
+        compile_scope=args.compile_scope,
         channels_last=args.channels_last,
         device=args.device,
         mode=args.mode,

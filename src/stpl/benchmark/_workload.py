@@ -151,29 +151,48 @@ def make_inputs(config: BenchConfig, batch: int | None = None) -> Tensor:
 
 
 def build_workload(config: BenchConfig) -> Workload:
-    """Build the module, inputs and step closures for ``config``."""
+    """Build the module, inputs and step closures for ``config``.
+
+    With ``compile``, ``compile_scope="step"`` compiles one recurrent step (a model's
+    ``_step``, each cell of a cell stack) and keeps the Python loop over time eager: one
+    small graph reused at every step, so compilation takes seconds to minutes instead of
+    the tens of minutes an unrolled 19-step graph takes on a small CPU.
+    ``compile_scope="module"`` compiles the whole forward (the loop is unrolled). FLOPs and
+    convolution shapes are recorded from an identical eager twin (same seed, same weights).
+    """
     module = build_module(config)
     inputs = make_inputs(config)
     runner: Callable[..., Any] = module
+    twin = module
     compile_target: str | None = None
     if config.compile:
-        runner = torch.compile(module)
-        compile_target = "module"
+        twin = build_module(config)
+        if config.compile_scope == "module":
+            runner = torch.compile(module)
+            compile_target = "module"
+        elif isinstance(module, EncoderStackDecoder):
+            module._step = torch.compile(module._step)  # type: ignore[method-assign]
+            compile_target = "step"
+        else:
+            assert isinstance(module, CellStack)
+            for cell in module.cells:
+                cell.compile()
+            compile_target = "cells"
 
-    if config.mode == "train":
-        module.train()
-    else:
-        module.eval()
+    for mod in (module, twin):
+        mod.train(config.mode == "train")
 
     if isinstance(module, EncoderStackDecoder):
-        return _model_workload(config, module, runner, inputs, compile_target)
-    assert isinstance(module, CellStack)
-    return _cell_workload(config, module, runner, inputs, compile_target)
+        assert isinstance(twin, EncoderStackDecoder)
+        return _model_workload(config, module, twin, runner, inputs, compile_target)
+    assert isinstance(module, CellStack) and isinstance(twin, CellStack)
+    return _cell_workload(config, module, twin, runner, inputs, compile_target)
 
 
 def _model_workload(
     config: BenchConfig,
     module: EncoderStackDecoder,
+    twin: EncoderStackDecoder,
     runner: Callable[..., Any],
     frames: Tensor,
     compile_target: str | None,
@@ -182,9 +201,9 @@ def _model_workload(
     steps = config.frames - 1
     target = frames[:, 1:]
 
-    def train_step(fn: Callable[..., Any]) -> Step:
+    def train_step(fn: Callable[..., Any], mod: nn.Module) -> Step:
         def run() -> Tensor:
-            module.zero_grad(set_to_none=True)
+            mod.zero_grad(set_to_none=True)
             with autocast_context(config):
                 out = fn(frames, context)
                 loss = F.mse_loss(out.predictions.float(), target)
@@ -204,25 +223,11 @@ def _model_workload(
         return run
 
     if config.mode == "train":
-        return Workload(
-            module,
-            train_step(runner),
-            train_step(module),
-            steps,
-            config.batch,
-            None,
-            compile_target,
-        )
+        step, eager = train_step(runner, module), train_step(twin, twin)
+        return Workload(module, step, eager, steps, config.batch, None, compile_target)
     if config.mode == "forward":
-        return Workload(
-            module,
-            forward_step(runner),
-            forward_step(module),
-            steps,
-            config.batch,
-            None,
-            compile_target,
-        )
+        step, eager = forward_step(runner), forward_step(twin)
+        return Workload(module, step, eager, steps, config.batch, None, compile_target)
 
     # rollout: generate(horizon) after `context` frames; the stream step is batch 1, 1 frame.
     ctx_frames = frames[:, :context]
@@ -231,8 +236,11 @@ def _model_workload(
     def generate(ctx: Tensor, n: int, state: Any = None) -> Tensor:
         return module.generate(ctx, n, state=state)
 
+    def generate_twin(ctx: Tensor, n: int, state: Any = None) -> Tensor:
+        return twin.generate(ctx, n, state=state)
+
     gen: Callable[..., Tensor] = generate
-    if config.compile:
+    if config.compile and config.compile_scope == "module":
         gen = torch.compile(generate)
         compile_target = "generate"
 
@@ -245,7 +253,7 @@ def _model_workload(
 
     one = frames[:1]
     with torch.no_grad(), autocast_context(config):
-        warm_state = module(one[:, : max(2, context)], None).state
+        warm_state = twin(one[:, : max(2, context)], None).state
     frame = one[:, :1]
 
     def stream() -> Tensor:
@@ -255,7 +263,7 @@ def _model_workload(
     return Workload(
         module,
         rollout(gen),
-        rollout(generate),
+        rollout(generate_twin),
         context - 1 + horizon,
         config.batch,
         stream,
@@ -266,6 +274,7 @@ def _model_workload(
 def _cell_workload(
     config: BenchConfig,
     module: CellStack,
+    twin: CellStack,
     runner: Callable[..., Any],
     maps: Tensor,
     compile_target: str | None,
@@ -275,9 +284,9 @@ def _cell_workload(
     if module.kind == "dcb":
         target = torch.rand_like(maps)
 
-    def train_step(fn: Callable[..., Any]) -> Step:
+    def train_step(fn: Callable[..., Any], mod: nn.Module) -> Step:
         def run() -> Tensor:
-            module.zero_grad(set_to_none=True)
+            mod.zero_grad(set_to_none=True)
             with autocast_context(config):
                 out, _ = fn(maps)
                 loss = F.mse_loss(out.float(), target)
@@ -295,18 +304,11 @@ def _cell_workload(
         return run
 
     if config.mode == "train":
-        return Workload(
-            module,
-            train_step(runner),
-            train_step(module),
-            steps,
-            config.batch,
-            None,
-            compile_target,
-        )
+        step, eager = train_step(runner, module), train_step(twin, twin)
+        return Workload(module, step, eager, steps, config.batch, None, compile_target)
     one = maps[:1, :1].contiguous()
     with torch.no_grad(), autocast_context(config):
-        _, warm_state = module(maps[:1, : max(1, config.resolved_context)])
+        _, warm_state = twin(maps[:1, : max(1, config.resolved_context)])
 
     def stream() -> Tensor:
         with torch.no_grad(), autocast_context(config):
@@ -317,7 +319,7 @@ def _cell_workload(
     return Workload(
         module,
         forward_step(runner),
-        forward_step(module),
+        forward_step(twin),
         steps,
         config.batch,
         stream_step,

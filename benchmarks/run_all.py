@@ -1,0 +1,297 @@
+"""Run the benchmark suite and write its tables into docs/benchmarks.md.
+
+Every configuration runs ``python -m stpl.benchmark ... --json`` in its own subprocess
+(fresh allocator, fresh dynamo caches, a timeout per run); results are saved as JSON under
+``benchmarks/results/`` and rendered between the ``<!-- BEGIN GENERATED -->`` and
+``<!-- END GENERATED -->`` markers of ``docs/benchmarks.md`` (the text around them is
+hand-written and kept).
+
+Usage::
+
+    python benchmarks/run_all.py                    # everything (long on a 2-core CPU)
+    python benchmarks/run_all.py --groups presets   # one group: presets, compiled, cells,
+                                                    # checkpoint, rollout, layout
+    python benchmarks/run_all.py --render-only      # re-render from saved JSON
+
+The papers' Moving MNIST configuration: B=8, T=20 (10 context frames, free running
+after), 64x64x1 frames, patch 4, 4 layers of 64 channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+
+PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn")
+CELLS = ("convlstm", "stlstm", "modernn", "dcb")
+DTYPES = ("float32", "bfloat16")
+
+
+def _runs() -> dict[str, list[tuple[str, list[str]]]]:
+    """Group -> list of (run id, CLI arguments)."""
+    groups: dict[str, list[tuple[str, list[str]]]] = {
+        "presets": [],
+        "compiled": [],
+        "cells": [],
+        "checkpoint": [],
+        "rollout": [],
+        "layout": [],
+    }
+    for name in PRESETS:
+        for dtype in DTYPES:
+            args = ["--model", name, "--mode", "train", "--dtype", dtype]
+            groups["presets"].append((f"preset-{name}-{dtype}-eager", args))
+            groups["compiled"].append((f"preset-{name}-{dtype}-compiled", [*args, "--compile"]))
+            roll = ["--model", name, "--mode", "rollout", "--dtype", dtype]
+            groups["rollout"].append((f"rollout-{name}-{dtype}", roll))
+    for cell in CELLS:
+        for dtype in DTYPES:
+            args = ["--cell", cell, "--mode", "train", "--dtype", dtype]
+            groups["cells"].append((f"cell-{cell}-{dtype}-eager", args))
+    for dtype in DTYPES:
+        # the plain side of the comparison is the preset run "preset-predrnn-<dtype>-eager"
+        ck_args = ["--model", "predrnn", "--mode", "train", "--dtype", dtype, "--checkpoint-steps"]
+        groups["checkpoint"].append((f"checkpoint-predrnn-{dtype}-ckpt", ck_args))
+        groups["layout"].append(
+            (
+                f"layout-predrnn-{dtype}-channels_last",
+                ["--model", "predrnn", "--mode", "train", "--dtype", dtype, "--channels-last"],
+            )
+        )
+    return groups
+
+
+def run_one(run_id: str, args: list[str], *, repeats: int, threads: int, timeout: float) -> None:
+    """Run one configuration in a subprocess and save its JSON (or the failure)."""
+    cmd = [sys.executable, "-m", "stpl.benchmark", *args, "--json"]
+    cmd += ["--repeats", str(repeats), "--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode == 0:
+            result: dict[str, Any] = json.loads(proc.stdout)
+        else:
+            result = {"error": proc.stderr[-2000:]}
+    except subprocess.TimeoutExpired:
+        result = {"error": f"timed out after {timeout:.0f} s"}
+    result["run_id"] = run_id
+    result["argv"] = args
+    result["wall_s"] = time.perf_counter() - t0
+    result["loadavg_after"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{run_id}.json").write_text(json.dumps(result, indent=1))
+    status = "error" if "error" in result else f"{result['step']['median_s']:.3f} s/step"
+    print(f"[{result['wall_s']:7.1f} s] {run_id}: {status}", flush=True)
+
+
+# ---------------------------------------------------------------- rendering
+def _load(run_id: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{run_id}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
+
+
+def _row_cells(r: dict[str, Any] | None) -> list[str]:
+    """Step median (IQR), frames/s, GFLOP, GFLOP/s, isolated GFLOP/s, fraction, memory."""
+    if r is None:
+        return ["not run"] + [""] * 6
+    if "error" in r:
+        return [r["error"].strip().splitlines()[-1][:60]] + [""] * 6
+    step = r["step"]
+    iso = r["isolated_conv"]
+    frac = r["fraction_of_conv_rate"]
+    mem = r["peak_memory_bytes"]
+    return [
+        f"{_ms(step['median_s'])} ({_ms(step['iqr_s'])})",
+        f"{r['frames_per_s']:.1f}",
+        f"{r['flops'] / 1e9:.1f}",
+        f"{r['gflops_per_s']:.0f}",
+        f"{iso['gflops_per_s']:.0f}" if iso else "",
+        f"**{frac:.0%}**" if frac is not None else "",
+        f"{mem / 2**20:.0f}" if mem is not None else "",
+    ]
+
+
+HEAD = (
+    "| step ms, median (IQR) | frames/s | GFLOP/step | GFLOP/s | isolated conv GFLOP/s "
+    "| fraction | peak MiB |"
+)
+
+
+def _table(title: str, rows: list[tuple[str, str, str, dict[str, Any] | None]]) -> list[str]:
+    lines = [f"### {title}", "", f"| what | dtype | variant {HEAD}", "|---" * 10 + "|"]
+    for what, dtype, variant, r in rows:
+        lines.append(f"| {what} | {dtype} | {variant} | " + " | ".join(_row_cells(r)) + " |")
+    return [*lines, ""]
+
+
+def render() -> str:
+    """The generated part of docs/benchmarks.md, from the saved JSON."""
+    out: list[str] = []
+    machine = None
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "machine" in data:
+            machine = data["machine"]
+            break
+    if machine is not None:
+        out += [
+            f"Machine: **{machine['cpu']}**, torch {machine['torch']}, "
+            f"{machine['threads']} thread(s) (`torch.set_num_threads`), "
+            f"Python {machine['python']}.",
+            "",
+        ]
+    rows = []
+    for name in PRESETS:
+        for dtype in DTYPES:
+            rows.append((name, dtype, "eager", _load(f"preset-{name}-{dtype}-eager")))
+            rows.append((name, dtype, "compiled", _load(f"preset-{name}-{dtype}-compiled")))
+    out += _table("Presets, training step (forward + backward over 19 steps), B=8", rows)
+
+    comp = []
+    for name in PRESETS:
+        for dtype in DTYPES:
+            r = _load(f"preset-{name}-{dtype}-compiled")
+            e = _load(f"preset-{name}-{dtype}-eager")
+            if r is None or "error" in r or r.get("compile") is None:
+                comp.append(f"| {name} | {dtype} | {'not run' if r is None else 'failed'} | | | |")
+                continue
+            c = r["compile"]
+            speed = ""
+            if e is not None and "error" not in e:
+                speed = f"{e['step']['median_s'] / r['step']['median_s']:.2f}x"
+            comp.append(
+                f"| {name} | {dtype} | {c['compile_s']:.0f} | {c['graph_breaks']} | "
+                f"{c['graphs']} | {speed} |"
+            )
+    out += [
+        "### torch.compile (inductor) of the training step",
+        "",
+        "| preset | dtype | compile s | graph breaks | graphs | speed-up over eager |",
+        "|---|---|---|---|---|---|",
+        *comp,
+        "",
+    ]
+
+    rows = []
+    for cell in CELLS:
+        for dtype in DTYPES:
+            rows.append((cell, dtype, "eager", _load(f"cell-{cell}-{dtype}-eager")))
+    out += _table(
+        "Single cells, training step over 20 steps, B=8, 16x16 maps, 16 -> 64 channels", rows
+    )
+
+    rows = []
+    for dtype in DTYPES:
+        rows.append(("predrnn", dtype, "plain", _load(f"preset-predrnn-{dtype}-eager")))
+        rows.append(
+            ("predrnn", dtype, "checkpoint_steps", _load(f"checkpoint-predrnn-{dtype}-ckpt"))
+        )
+    out += _table("Activation checkpointing over time (predrnn, training step, B=8)", rows)
+    ck = []
+    for dtype in DTYPES:
+        a = _load(f"preset-predrnn-{dtype}-eager")
+        b = _load(f"checkpoint-predrnn-{dtype}-ckpt")
+        if a and b and "error" not in a and "error" not in b:
+            ck.append(
+                f"| {dtype} | {a['peak_memory_bytes'] / b['peak_memory_bytes']:.2f}x less | "
+                f"{b['step']['median_s'] / a['step']['median_s']:.2f}x |"
+            )
+    if ck:
+        out += [
+            "| dtype | peak memory, checkpointed vs plain | step time, checkpointed / plain |",
+            "|---|---|---|",
+            *ck,
+            "",
+        ]
+
+    rows = []
+    for dtype in DTYPES:
+        r = _load(f"layout-predrnn-{dtype}-channels_last")
+        rows.append(("predrnn", dtype, "channels_last", r))
+    out += _table("Layout: channels_last parameters (predrnn, training step, B=8)", rows)
+
+    ro = []
+    for name in PRESETS:
+        for dtype in DTYPES:
+            r = _load(f"rollout-{name}-{dtype}")
+            if r is None or "error" in r:
+                ro.append(f"| {name} | {dtype} | {'not run' if r is None else 'failed'} | | |")
+                continue
+            s = r["stream_latency"]
+            ro.append(
+                f"| {name} | {dtype} | {_ms(r['step']['median_s'])} ({r['frames_per_s']:.0f} "
+                f"frames/s) | {_ms(s['median_s'])} ({_ms(s['iqr_s'])}) | "
+                f"{r['fraction_of_conv_rate']:.0%} |"
+            )
+    out += [
+        "### Rollout: `generate` (10 context frames, 10 predicted, B=8) and streaming latency",
+        "",
+        "| preset | dtype | generate ms (frames/s) | one step, batch 1, ms median (IQR) "
+        "| generate fraction |",
+        "|---|---|---|---|---|",
+        *ro,
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_doc() -> None:
+    """Replace the generated block of docs/benchmarks.md (create the file if needed)."""
+    block = f"{BEGIN}\n{render()}\n{END}"
+    if DOC.exists() and BEGIN in DOC.read_text():
+        text = DOC.read_text()
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1] if END in rest else ""
+        DOC.write_text(head + block + tail)
+    else:
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(f"# Benchmarks\n\n{block}\n")
+
+
+def main() -> int:
+    """Run the selected groups, then render the doc."""
+    groups = _runs()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--groups", nargs="*", default=list(groups), choices=list(groups))
+    p.add_argument("--only", nargs="*", help="run ids to run (default: all in the groups)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (3)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
+    p.add_argument("--skip-existing", action="store_true", help="keep saved results")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args()
+    if not args.render_only:
+        for group in args.groups:
+            for run_id, argv in groups[group]:
+                if args.only and run_id not in args.only:
+                    continue
+                if args.skip_existing and (RESULTS / f"{run_id}.json").exists():
+                    continue
+                run_one(
+                    run_id, argv, repeats=args.repeats, threads=args.threads, timeout=args.timeout
+                )
+    write_doc()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
