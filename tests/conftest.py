@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,16 @@ import pytest
 import torch
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Tests use tiny tensors: one intra-op thread is faster there, and immune to a busy
+    machine (CI has 2 cores). Tests that start processes set their own threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -41,15 +41,6 @@ NOT_SUPPORTED = {"model_openstl_e3dlstm", "model_openstl_mim", "model_openstl_pr
 DECOUPLE_BETA = 0.1  # the reference default (run.py, OpenSTL mmnist config)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load(stem: str) -> dict:
     return torch.load(GOLDEN_DIR / f"{stem}.pt", weights_only=True)
 

@@ -35,15 +35,6 @@ PC = P * P * C  # channels of a patch tensor
 SD = dict[str, Tensor]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------ random reference weights
 class _Rand:
     def __init__(self, seed: int) -> None:

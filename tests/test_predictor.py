@@ -21,15 +21,6 @@ from stpl.patching import patchify, unpatchify
 B, T, H, W, P = 2, 6, 8, 8, 2
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(cell: str = "stlstm", **kwargs) -> stpl.EncoderStackDecoder:
     options = {
         "in_channels": 1,

@@ -475,7 +475,38 @@ class SamplingSchedule(ABC):
         return f"{type(self).__name__}({args})"
 
 
-class ScheduledSampling(SamplingSchedule):
+class _ForecastSampling(SamplingSchedule):
+    """Scheduled sampling on the forecast steps only (``context = T_in``), given ``eta``."""
+
+    @property
+    @abstractmethod
+    def eta(self) -> float:
+        """Probability of the true frame at forecast steps for the current iteration."""
+
+    def mask(
+        self,
+        batch_size: int,
+        total_length: int,
+        input_length: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> SamplingMask:
+        """Draw this iteration's ``(B, T-2)`` mask; ``context = input_length``."""
+        m = scheduled_sampling_mask(
+            batch_size,
+            total_length,
+            input_length,
+            self.eta,
+            device=device,
+            dtype=dtype,
+            generator=generator,
+        )
+        return SamplingMask(m, input_length)
+
+
+class ScheduledSampling(_ForecastSampling):
     """PredRNN's scheduled sampling (``run.py::schedule_sampling``), ``context = T_in``.
 
     At the iteration with counter ``iteration`` (0-based, completed :meth:`step` calls) the
@@ -523,30 +554,8 @@ class ScheduledSampling(SamplingSchedule):
             self.iteration + 1, start=self.start, rate=self.rate, stop_iter=self.stop_iter
         )
 
-    def mask(
-        self,
-        batch_size: int,
-        total_length: int,
-        input_length: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        generator: torch.Generator | None = None,
-    ) -> SamplingMask:
-        """Draw this iteration's ``(B, T-2)`` mask; ``context = input_length``."""
-        m = scheduled_sampling_mask(
-            batch_size,
-            total_length,
-            input_length,
-            self.eta,
-            device=device,
-            dtype=dtype,
-            generator=generator,
-        )
-        return SamplingMask(m, input_length)
 
-
-class LinearScheduledSampling(SamplingSchedule):
+class LinearScheduledSampling(_ForecastSampling):
     """MoDeRNN's scheduled sampling: eta falls linearly to 0 at half of training.
 
     ``eta = linear_sampling_eta(iteration, total_iters=total_iters, start=start)`` with
@@ -576,28 +585,6 @@ class LinearScheduledSampling(SamplingSchedule):
     def eta(self) -> float:
         """Probability of the true frame at forecast steps for the current iteration."""
         return linear_sampling_eta(self.iteration, total_iters=self.total_iters, start=self.start)
-
-    def mask(
-        self,
-        batch_size: int,
-        total_length: int,
-        input_length: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        generator: torch.Generator | None = None,
-    ) -> SamplingMask:
-        """Draw this iteration's ``(B, T-2)`` mask; ``context = input_length``."""
-        m = scheduled_sampling_mask(
-            batch_size,
-            total_length,
-            input_length,
-            self.eta,
-            device=device,
-            dtype=dtype,
-            generator=generator,
-        )
-        return SamplingMask(m, input_length)
 
 
 class ReverseScheduledSampling(SamplingSchedule):
