@@ -1,5 +1,6 @@
 """stpl: spatiotemporal recurrent cells for video prediction, exact to the papers' code."""
 
+from stpl import data, interop, metrics, training
 from stpl.cells import (
     ConvLSTMCell,
     DCBOutput,
@@ -14,7 +15,6 @@ from stpl.cells import (
     STLSTMOutput,
     STLSTMState,
 )
-from stpl import data, interop, metrics, training
 from stpl.patching import PatchOrder, patchify, unpatchify
 from stpl.predictor import CELLS, EncoderStackDecoder, PredictorOutput
 from stpl.registry import PRESETS, get_model, list_models
@@ -24,28 +24,28 @@ __version__ = "0.1.0"
 __all__ = [
     "CELLS",
     "PRESETS",
-    "EncoderStackDecoder",
-    "PatchOrder",
-    "PredictorOutput",
-    "get_model",
-    "list_models",
-    "patchify",
-    "unpatchify",
     "ConvLSTMCell",
     "DCBOutput",
     "DetailContextBlock",
+    "EncoderStackDecoder",
     "GateConv",
     "LSTMState",
     "LayerNorm2d",
     "MoDeRNNCell",
     "MoDeRNNOutput",
     "Norm",
+    "PatchOrder",
+    "PredictorOutput",
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
     "__version__",
     "data",
+    "get_model",
     "interop",
+    "list_models",
     "metrics",
+    "patchify",
     "training",
+    "unpatchify",
 ]
