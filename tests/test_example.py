@@ -51,9 +51,11 @@ def test_writes_every_file(example: ModuleType, tmp_path: Path) -> None:
         assert gif.size == (32 * 2, 64 * 2)  # truth over prediction, enlarged 2x
 
 
-@pytest.mark.parametrize("model", ["predrnn_v2", "modernn"])
-def test_resume_continues_exactly(example: ModuleType, tmp_path: Path, model: str) -> None:
-    common = [*TINY, "--model", model, "--steps", "4"]
+@pytest.mark.parametrize(("model", "loss"), [("predrnn_v2", "mse"), ("modernn", "mse_l1")])
+def test_resume_continues_exactly(
+    example: ModuleType, tmp_path: Path, model: str, loss: str
+) -> None:
+    common = [*TINY, "--model", model, "--loss", loss, "--steps", "4"]
     assert example.main([*common, "--out", str(tmp_path / "a")]) == 0
     b = str(tmp_path / "b")
     assert example.main([*common, "--out", b, "--stop-at", "2"]) == 0
