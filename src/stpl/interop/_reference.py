@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from stpl.cells import ConvLSTMCell, MoDeRNNCell, STLSTMCell
 from stpl.patching import PatchOrder, check_patch_order, patch_permutation
 from stpl.predictor import EncoderStackDecoder
 
@@ -97,6 +98,67 @@ def _convert_cell_key(
             return {f"dcb.{group}.0.{_KERNEL_INDEX[kernel]}.{rest}": value}
         return {key: value}
     raise ValueError(f"unknown cell source {source!r}; known: {CELL_SOURCES}")
+
+
+def _norm_options(state_dict: Mapping[str, Tensor], ln_key: str) -> dict[str, Any]:
+    """``norm``/``spatial_size`` from the per-element layer norm weight ``ln_key``, if any."""
+    if ln_key not in state_dict:
+        return {"norm": None}
+    return {"norm": "layer", "spatial_size": tuple(int(s) for s in state_dict[ln_key].shape[-2:])}
+
+
+def load_reference_cell(source: str, state_dict: Mapping[str, Tensor], **options: Any) -> nn.Module:
+    """Build the stpl cell that computes what a reference cell computes, with its weights.
+
+    Sizes, kernel, layer norm (per element, as the reference's) and biases are read from
+    the state dict; the result equals the reference cell's output for the same input and
+    state (``h, state = cell(x, state)``; PredRNN-V2's ``Δc, Δm`` via
+    ``forward_with_increments``).
+
+    Args:
+        source: one of :data:`CELL_SOURCES` (see :func:`convert_cell_state_dict`).
+        state_dict: the reference cell's ``state_dict()``.
+        **options: overrides of the inferred constructor arguments.
+
+    Returns:
+        A :class:`~stpl.ConvLSTMCell`, :class:`~stpl.STLSTMCell` or :class:`~stpl.MoDeRNNCell`.
+
+    Raises:
+        ValueError: unknown source, or keys the cell does not have (listed by the cell).
+    """
+    if source not in CELL_SOURCES:
+        raise ValueError(f"unknown cell source {source!r}; known: {CELL_SOURCES}")
+    sd = state_dict
+    built: dict[str, Any]
+    cls: type[nn.Module]
+    if source == "ndrplz_convlstm":
+        w = _need(sd, "conv.weight", source)
+        nh = w.shape[0] // 4
+        built = {"bias": "conv.bias" in sd, "gate_order": "ifog"}
+        cls, c_in, kernel = ConvLSTMCell, w.shape[1] - nh, w.shape[-1]
+    elif source == "modernn":
+        w = _need(sd, "conv_i2h.0.weight", source)
+        nh = w.shape[0] // 4
+        built = _norm_options(sd, "norm_cell.weight")
+        cls, c_in, kernel = MoDeRNNCell, w.shape[1], w.shape[-1]
+    else:
+        w = _need(sd, "conv_x.0.weight", source)
+        built = _norm_options(sd, "conv_x.1.weight")
+        c_in, kernel = w.shape[1], w.shape[-1]
+        if source == "openstl_convlstm":
+            cls, nh = ConvLSTMCell, w.shape[0] // 4
+        else:
+            cls, nh = STLSTMCell, w.shape[0] // 7
+            built["bias"] = "conv_x.0.bias" in sd
+            if "conv_a.0.weight" in sd:
+                built["action_channels"] = int(sd["conv_a.0.weight"].shape[1])
+    built.update(options)
+    cell = cls(int(c_in), int(nh), int(kernel), **built)
+    try:
+        cell.load_state_dict(convert_cell_state_dict(source, sd))
+    except RuntimeError as e:
+        raise ValueError(f"state_dict of cell source {source!r} does not fit: {e}") from None
+    return cell
 
 
 def _check_source(source: str) -> None:
