@@ -147,5 +147,6 @@ class ConvLSTMCell(nn.Module):
         return (
             f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
             f"norm={self.norm!r}, forget_bias={self.forget_bias}, gate_order={self.gate_order!r}, "
-            f"peephole={self.peephole}"
+            f"peephole={self.peephole}, bias={self.conv_x.conv.bias is not None}, "
+            f"spatial_size={self.spatial_size}"
         )

@@ -274,5 +274,5 @@ class MoDeRNNCell(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
-            f"norm={self.norm!r}, forget_bias={self.forget_bias}"
+            f"norm={self.norm!r}, spatial_size={self.spatial_size}, forget_bias={self.forget_bias}"
         )

@@ -175,5 +175,6 @@ class STLSTMCell(nn.Module):
         return (
             f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
             f"norm={self.norm!r}, forget_bias={self.forget_bias}, "
-            f"action_channels={self.action_channels}"
+            f"action_channels={self.action_channels}, bias={self.conv_x.conv.bias is not None}, "
+            f"spatial_size={self.spatial_size}"
         )
