@@ -24,8 +24,14 @@ from torch.testing import assert_close
 
 import _plain
 import stpl
-from stpl.interop import SOURCES, convert_cell_state_dict, convert_state_dict, load_reference
-from stpl.interop._reference import CELL_SOURCES
+from stpl.interop import (
+    CELL_SOURCES,
+    SOURCES,
+    convert_cell_state_dict,
+    convert_state_dict,
+    load_reference,
+    load_reference_cell,
+)
 from stpl.patching import patch_permutation
 
 B, T, C, HW, P, NH, K, LAYERS, CONTEXT = 2, 6, 2, 16, 2, 8, 3, 2, 3
@@ -503,6 +509,23 @@ def _golden_cell(name: str) -> dict:
     return torch.load(path, weights_only=True)
 
 
+def _assert_matches_golden_cell(cell: torch.nn.Module, d: dict) -> None:
+    """One step from the recorded state reproduces the reference's recorded outputs."""
+    inp, out = d["inputs"], d["outputs"]
+    if isinstance(cell, stpl.STLSTMCell):
+        state = stpl.STLSTMState(inp["h"], inp["c"], inp["m"])
+        res = cell.forward_with_increments(inp["x"], state, inp.get("a"))
+        for key in ("h", "c", "m"):
+            assert_close(getattr(res.state, key), out[key])
+        if "delta_c" in out:
+            assert_close(res.delta_c, out["delta_c"])
+            assert_close(res.delta_m, out["delta_m"])
+    else:
+        h, state = cell(inp["x"], stpl.LSTMState(inp["h"], inp["c"]))
+        assert_close(h, out["h"])
+        assert_close(state.c, out["c"])
+
+
 CellCase = tuple[str, str, Callable[[dict], torch.nn.Module]]
 CELL_CASES: list[CellCase] = [
     (
@@ -564,19 +587,17 @@ def test_convert_cell_state_dict_reproduces_golden_cells(name, source, make):
     d = _golden_cell(name)
     cell = make(d["config"])
     cell.load_state_dict(convert_cell_state_dict(source, d["state_dict"]))  # strict
-    inp, out = d["inputs"], d["outputs"]
-    if source == "predrnn_stlstm":
-        state = stpl.STLSTMState(inp["h"], inp["c"], inp["m"])
-        res = cell.forward_with_increments(inp["x"], state, inp.get("a"))
-        for key in ("h", "c", "m"):
-            assert_close(getattr(res.state, key), out[key])
-        if "delta_c" in out:
-            assert_close(res.delta_c, out["delta_c"])
-            assert_close(res.delta_m, out["delta_m"])
-    else:
-        h, state = cell(inp["x"], stpl.LSTMState(inp["h"], inp["c"]))
-        assert_close(h, out["h"])
-        assert_close(state.c, out["c"])
+    _assert_matches_golden_cell(cell, d)
+
+
+@pytest.mark.parametrize(("name", "source", "make"), CELL_CASES, ids=[c[0] for c in CELL_CASES])
+def test_load_reference_cell_builds_the_matching_cell(name, source, make):
+    d = _golden_cell(name)
+    cell = load_reference_cell(source, d["state_dict"])
+    expected = make(d["config"])
+    assert type(cell) is type(expected)
+    assert cell.extra_repr() == expected.extra_repr()  # same sizes, norm, bias, gate order
+    _assert_matches_golden_cell(cell, d)
 
 
 def test_convert_cell_state_dict_modernn_reproduces_golden_cell():
@@ -634,3 +655,31 @@ def test_convert_cell_state_dict_unknown_source():
         assert repr(source) in str(info.value)
     with pytest.raises(ValueError, match="unknown cell source"):
         convert_cell_state_dict("mim", {})  # even with nothing to convert
+
+
+def test_load_reference_cell_modernn_reproduces_two_reference_steps():
+    d = _golden_cell("modernn")
+    cell = load_reference_cell("modernn", d["state_dict"])
+    assert isinstance(cell, stpl.MoDeRNNCell) and cell.spatial_size == (8, 8)
+    assert cell.kernel_size == d["config"]["filter_size"]
+    inp, out = d["inputs"], d["outputs"]
+    h1, state = cell(inp["x1"])
+    h2, state = cell(inp["x2"], state)
+    assert_close(h1, out["h1"])
+    assert_close(h2, out["h2"])
+    assert_close(state.c, out["c_final"])
+
+
+def test_load_reference_cell_options_override_and_errors():
+    d = _golden_cell("openstl_convlstm_ln0")
+    assert (
+        load_reference_cell("openstl_convlstm", d["state_dict"], forget_bias=1.0).forget_bias == 1.0
+    )
+    sd = _golden_cell("predrnn_stlstm_v1_ln0")["state_dict"]
+    with pytest.raises(ValueError, match="unknown cell source"):
+        load_reference_cell("nope", sd)
+    with pytest.raises(ValueError, match="surprise"):
+        load_reference_cell("predrnn_stlstm", {**sd, "surprise.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="conv_m"):
+        load_reference_cell("predrnn_stlstm", {k: v for k, v in sd.items() if "conv_m" not in k})
+    assert set(CELL_SOURCES) == {"openstl_convlstm", "ndrplz_convlstm", "predrnn_stlstm", "modernn"}
