@@ -61,17 +61,11 @@ def convert_cell_state_dict(source: str, state_dict: Mapping[str, Tensor]) -> di
         raise ValueError(f"unknown cell source {source!r}; known: {CELL_SOURCES}")
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        new = _convert_cell_key(source, key, value, state_dict)
-        if new is None:
-            continue
-        for k, v in new.items():
-            out[k] = v
+        out.update(_convert_cell_key(source, key, value) or {})
     return out
 
 
-def _convert_cell_key(
-    source: str, key: str, value: Tensor, state_dict: Mapping[str, Tensor]
-) -> dict[str, Tensor] | None:
+def _convert_cell_key(source: str, key: str, value: Tensor) -> dict[str, Tensor] | None:
     if source == "predrnn_stlstm":
         return {key: value}
     if source == "openstl_convlstm":
@@ -252,7 +246,7 @@ def convert_state_dict(
     for key, value in state_dict.items():
         if key.startswith(prefix):
             layer, rest = key[len(prefix) :].split(".", 1)
-            converted = _convert_cell_key(cell_source, rest, value, state_dict)
+            converted = _convert_cell_key(cell_source, rest, value)
             for k, v in (converted or {}).items():
                 out[f"cells.{layer}.{k}"] = v
         elif modernn and key.startswith(("embed.", "output.")):
@@ -318,7 +312,8 @@ def load_reference(
         patch_order=built["patch_order"],
     )
     model = EncoderStackDecoder(**built)
-    expected = set(model.state_dict())
+    own = model.state_dict()
+    expected = set(own)
     missing = sorted(expected - set(converted))
     extra = sorted(set(converted) - expected)
     if missing or extra:
@@ -327,7 +322,7 @@ def load_reference(
             f"missing keys {missing}, unexpected keys {extra}"
         )
     for key, value in converted.items():
-        want = model.state_dict()[key].shape
+        want = own[key].shape
         if value.shape != want:
             raise ValueError(
                 f"state_dict of source {source!r}: {key} has shape {tuple(value.shape)}, "
