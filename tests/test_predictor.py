@@ -568,6 +568,82 @@ def test_compile_fullgraph_other_cells(cell):
     assert_close(compiled(frames, context=2).predictions, model(frames, context=2).predictions)
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """Compiled steps of every model share dynamo's cache (and its recompile limit)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _grads(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("checkpoint_steps", [False, True])
+def test_compile_step_matches_eager(checkpoint_steps, fresh_dynamo):
+    # aot_eager traces forward and backward like inductor but runs them eagerly (fast)
+    from torch._dynamo.backends.debugging import aot_eager
+    from torch._dynamo.utils import counters
+
+    model = make(decoupling=True, checkpoint_steps=checkpoint_steps)
+    frames, mask = frames_like(model, t=5), binary_mask(t=5)
+    ref = model(frames, context=2, mask=mask)
+    (ref.predictions.square().mean() + ref.decouple_loss).backward()
+    ref_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[Tensor]) -> object:
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    counters.clear()
+    keys = set(model.state_dict())
+    assert model.compile_step(backend=backend, fullgraph=True) is model
+    out = model(frames, context=2, mask=mask)
+    (out.predictions.square().mean() + out.decouple_loss).backward()
+    assert sum(counters["graph_break"].values()) == 0
+    # a few graphs (zero state at t=0, carried state after), then reused: no recompiles
+    assert 2 <= len(graphs) <= 3
+    compiled_graphs = len(graphs)
+    model(frames, context=2, mask=mask).predictions.sum().backward()
+    assert len(graphs) == compiled_graphs
+    model.zero_grad(set_to_none=True)
+    out = model(frames, context=2, mask=mask)
+    (out.predictions.square().mean() + out.decouple_loss).backward()
+    assert_close(out.predictions, ref.predictions)
+    assert_close(out.decouple_loss, ref.decouple_loss)
+    grads = _grads(model)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert_close(grads[name], ref_grads[name], msg=name)
+    assert set(model.state_dict()) == keys
+    with torch.no_grad():
+        assert_close(
+            model.generate(frames[:, :3], 2), model.compile_step(False).generate(frames[:, :3], 2)
+        )
+    assert model._compiled_step is None
+
+
+def test_compile_step_deepcopy_steps_its_own_weights(fresh_dynamo):
+    import copy
+
+    model = make().compile_step(backend="eager")
+    frames = frames_like(model)
+    ref = model(frames, context=3).predictions
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    assert_close(model(frames, context=3).predictions, ref)
+    assert not torch.allclose(twin(frames, context=3).predictions, ref)
+    assert_close(
+        twin(frames, context=3).predictions, twin.compile_step(False)(frames, 3).predictions
+    )
+
+
 # ------------------------------------------------------------------ errors
 def test_error_messages():
     model = make()

@@ -123,6 +123,7 @@ class EncoderStackDecoder(nn.Module):
             else check_positive_int("action_channels", action_channels)
         )
         self.checkpoint_steps = bool(checkpoint_steps)
+        self._compiled_step: Callable[..., Any] | None = None
         p2 = self.patch_size**2
         self.encoder: nn.Conv2d | None = None
         layer_in = p2 * self.in_channels
@@ -258,7 +259,45 @@ class EncoderStackDecoder(nn.Module):
         return mask
 
     # ------------------------------------------------------------------ one step
+    def compile_step(self, enable: bool = True, **compile_kwargs: Any) -> EncoderStackDecoder:
+        """Compile one recurrent step with ``torch.compile``; the loop over time stays eager.
+
+        ``torch.compile(model)`` unrolls the loop over T frames into one graph, which can take
+        many minutes to compile. This compiles the step instead (encoder, every layer, the
+        zigzag memory, decoder): one small graph per step signature (zero state at t=0,
+        carried state after), reused at every step of ``forward``, ``generate`` and
+        activation checkpointing. Returns ``self``; the parameters and ``state_dict`` are
+        unchanged. The compiled graphs of all models in a process live in one dynamo cache
+        (limit ``torch._dynamo.config.recompile_limit`` graphs, 8 by default); call
+        ``torch._dynamo.reset()`` between many unrelated models.
+
+        Args:
+            enable: ``False`` drops a compiled step and goes back to eager.
+            **compile_kwargs: passed to ``torch.compile`` (e.g. ``mode``, ``backend``,
+                ``fullgraph``, ``options={"layout_optimization": False}``).
+
+        Example:
+            >>> model = get_model("predrnn").compile_step()
+        """
+        self._compiled_step = (
+            torch.compile(type(self)._step_impl, **compile_kwargs) if enable else None
+        )
+        return self
+
     def _step(
+        self,
+        x: Tensor,
+        states: list[LayerState] | None,
+        action: Tensor | None,
+    ) -> tuple[Tensor, list[LayerState], Tensor | None]:
+        """One time step (compiled after :meth:`compile_step`); see :meth:`_step_impl`."""
+        compiled = self._compiled_step
+        if compiled is not None:
+            out: tuple[Tensor, list[LayerState], Tensor | None] = compiled(self, x, states, action)
+            return out
+        return self._step_impl(x, states, action)
+
+    def _step_impl(
         self,
         x: Tensor,
         states: list[LayerState] | None,
