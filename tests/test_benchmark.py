@@ -5,6 +5,7 @@ No speed is asserted here (timings on shared machines drift); docs/benchmarks.md
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -124,3 +125,45 @@ def test_invalid_configuration_exit_status(capsys: pytest.CaptureFixture[str]) -
     assert "checkpoint_steps" in capsys.readouterr().err
     with pytest.raises(ValueError, match="dtype"):
         BenchConfig(dtype="float16")
+
+
+def test_compile_reports_speedup_over_the_eager_twin(capsys: pytest.CaptureFixture[str]) -> None:
+    # aot_eager: the compile path of the tool without inductor's C++ build (seconds, not minutes)
+    argv = ["--model", "convlstm", "--compile", "--compile-backend", "aot_eager", "--json", *TINY]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    _check_result(result, "train")
+    comp = result["compile"]
+    assert comp["target"] == "step" and comp["graph_breaks"] == 0 and comp["graphs"] >= 1
+    eager = comp["eager_step"]
+    assert eager["runs"] == 2 and eager["method"] == "timeit, interleaved"
+    assert len(eager["times_s"]) == 2 and all(t > 0 for t in eager["times_s"])
+    compiled = result["step"]["times_s"]
+    expected = [e / c for e, c in zip(eager["times_s"], compiled, strict=True)]
+    assert comp["speedup_per_round"] == pytest.approx(expected)
+    assert comp["speedup"] == pytest.approx(eager["median_s"] / result["step"]["median_s"])
+    assert result["config"]["compile_backend"] == "aot_eager"
+
+
+def test_inductor_options() -> None:
+    from stpl.benchmark._config import build_parser, config_from_args, parse_option
+    from stpl.benchmark._workload import compile_kwargs
+
+    assert parse_option("layout_optimization=false") == ("layout_optimization", False)
+    assert parse_option("a=3") == ("a", 3)
+    assert parse_option("a=0.5") == ("a", 0.5)
+    assert parse_option("a=max") == ("a", "max")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        parse_option("layout_optimization")
+    args = build_parser().parse_args(
+        ["--compile", "--inductor-option", "layout_optimization=False", "--inductor-option", "x=1"]
+    )
+    config = config_from_args(args)
+    assert config.inductor_options == (("layout_optimization", False), ("x", 1))
+    assert config.to_dict()["inductor_options"] == {"layout_optimization": False, "x": 1}
+    assert compile_kwargs(config) == {
+        "backend": "inductor",
+        "options": {"layout_optimization": False, "x": 1},
+    }
+    with pytest.raises(ValueError, match="inductor_options need compile_backend='inductor'"):
+        BenchConfig(compile=True, compile_backend="eager", inductor_options=(("x", 1),))

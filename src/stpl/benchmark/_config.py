@@ -40,7 +40,12 @@ class BenchConfig:
         context: steps that read the true frame (models; default T // 2). In ``rollout``
             mode the number of context frames given to ``generate``.
         dtype: ``"float32"`` or ``"bfloat16"`` (autocast around the forward pass).
-        compile: ``torch.compile`` (inductor).
+        compile: ``torch.compile``; the eager twin of the step is timed in the same rounds
+            and the result reports the compiled step's speed-up over it.
+        compile_backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` to
+            check the tool quickly).
+        inductor_options: ``(key, value)`` pairs of inductor settings passed as
+            ``torch.compile(options=...)``, e.g. ``(("layout_optimization", False),)``.
         compile_scope: ``"step"`` (one recurrent step is compiled, the loop over time stays
             Python) or ``"module"`` (the whole forward, the loop unrolled).
         channels_last: convert the parameters to ``torch.channels_last``.
@@ -70,6 +75,8 @@ class BenchConfig:
     context: int | None = None
     dtype: str = "float32"
     compile: bool = False
+    compile_backend: str = "inductor"
+    inductor_options: tuple[tuple[str, Any], ...] = ()
     compile_scope: str = "step"
     channels_last: bool = False
     device: str = "cpu"
@@ -96,6 +103,11 @@ class BenchConfig:
         if self.compile_scope not in ("step", "module"):
             raise ValueError(
                 f"compile_scope must be 'step' or 'module'; got {self.compile_scope!r}"
+            )
+        if self.inductor_options and self.compile_backend != "inductor":
+            raise ValueError(
+                "inductor_options need compile_backend='inductor'; "
+                f"got compile_backend={self.compile_backend!r}"
             )
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}; got {self.mode!r}")
@@ -127,7 +139,31 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (JSON-ready)."""
-        return asdict(self)
+        out = asdict(self)
+        out["inductor_options"] = dict(self.inductor_options)
+        return out
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(KEY, value)``; true/false, ints and floats are converted.
+
+    Raises:
+        argparse.ArgumentTypeError: no ``=`` in ``text``.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE; got {text!r}")
+    value: Any = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                pass
+    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=20, help="frames per sequence T (20)")
     p.add_argument("--context", type=int, help="true-frame steps / generate context (T // 2)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="bfloat16 = autocast")
-    p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile; the eager step is timed alongside and the speed-up reported",
+    )
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor)")
+    p.add_argument(
+        "--inductor-option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an inductor setting for torch.compile(options=...), repeatable, "
+        "e.g. layout_optimization=false",
+    )
     p.add_argument(
         "--compile-scope",
         choices=("step", "module"),
@@ -199,6 +249,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         context=args.context,
         dtype=args.dtype,
         compile=args.compile,
+        compile_backend=args.compile_backend,
+        inductor_options=tuple(args.inductor_option),
         compile_scope=args.compile_scope,
         channels_last=args.channels_last,
         device=args.device,

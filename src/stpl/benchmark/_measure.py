@@ -27,13 +27,16 @@ class Timing:
         median_s: median over the measurements.
         iqr_s: interquartile range (spread).
         runs: how many runs the median is taken over.
-        method: ``"blocked_autorange"``, ``"timeit"`` or ``"cuda_events"``.
+        method: ``"blocked_autorange"``, ``"timeit"``, ``"cuda_events"``, with
+            ``", interleaved"`` when several closures took turns.
+        times: the seconds of every run (of every block for ``blocked_autorange``).
     """
 
     median_s: float
     iqr_s: float
     runs: int
     method: str
+    times: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -42,6 +45,7 @@ class Timing:
             "iqr_s": self.iqr_s,
             "runs": self.runs,
             "method": self.method,
+            "times_s": list(self.times),
         }
 
 
@@ -51,7 +55,7 @@ def _summary(times: list[float], method: str) -> Timing:
         iqr = q[2] - q[0]
     else:
         iqr = 0.0
-    return Timing(statistics.median(times), iqr, len(times), method)
+    return Timing(statistics.median(times), iqr, len(times), method, tuple(times))
 
 
 def synchronize(device: torch.device) -> None:
@@ -122,7 +126,7 @@ def time_interleaved(
                 times[i].append(_cuda_seconds(fn))
             else:
                 times[i].append(timers[i].timeit(number=1).median)
-    method = "cuda_events" if device.type == "cuda" else "timeit, interleaved"
+    method = "cuda_events, interleaved" if device.type == "cuda" else "timeit, interleaved"
     return [_summary(t, method) for t in times]
 
 

@@ -29,6 +29,22 @@ def _dynamo_counters() -> tuple[int, int]:
     return breaks, graphs
 
 
+def _speedup(compiled: Timing, eager: Timing) -> dict[str, Any]:
+    """The compiled step's speed-up over its eager twin: ratio of medians, and per round.
+
+    Per-round ratios exist when the two took turns (same number of runs, interleaved); their
+    minimum and maximum show whether the speed-up holds in every round or only on average.
+    """
+    out: dict[str, Any] = {
+        "eager_step": eager.to_dict(),
+        "speedup": eager.median_s / compiled.median_s,
+        "speedup_per_round": None,
+    }
+    if "interleaved" in compiled.method:
+        out["speedup_per_round"] = [e / c for e, c in zip(eager.times, compiled.times, strict=True)]
+    return out
+
+
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Measure ``config`` and return a JSON-ready result.
 
@@ -38,8 +54,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     ``isolated_conv`` (the step's convolutions run back to back: timing, flops, rate),
     ``fraction_of_conv_rate`` (the headline: step FLOP rate / isolated-convolution rate),
     ``peak_memory_bytes`` and ``memory_method``, ``compile`` (first-call seconds, compile
-    seconds, graph breaks, graphs; ``None`` in eager) and ``stream_latency`` (rollout mode:
-    a batch-1 single step).
+    seconds, graph breaks, graphs, the eager twin's timing, ``speedup`` = eager median /
+    compiled median and, when they took turns, ``speedup_per_round``; ``None`` in eager)
+    and ``stream_latency`` (rollout mode: a batch-1 single step).
     """
     device = torch.device(config.device)
     if config.threads is not None:
@@ -63,20 +80,26 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 
     flops = count_flops(work.eager_step)
 
+    # what is timed: the step, the eager twin (compiled runs), the isolated convolutions;
+    # with `repeats` they take turns, so all see the same background load
+    fns = [work.step]
+    if config.compile:
+        fns.append(work.eager_step)
     iso: dict[str, Any] | None = None
-    iso_timing: Timing | None = None
+    replay = None
     if config.isolated:
         replay = record_convolutions(work.eager_step)
+        fns.append(replay.run)
+    if config.repeats is not None:
+        timings = time_interleaved(fns, device, repeats=config.repeats)
+    else:
+        timings = [
+            time_step(fn, device, repeats=None, min_run_time=config.min_run_time) for fn in fns
+        ]
+    timing = timings[0]
+    if replay is not None:
+        iso_timing = timings[-1]
         iso_flops = count_flops(replay.run)
-        if config.repeats is not None:
-            timing, iso_timing = time_interleaved(
-                [work.step, replay.run], device, repeats=config.repeats
-            )
-        else:
-            timing = time_step(work.step, device, repeats=None, min_run_time=config.min_run_time)
-            iso_timing = time_step(
-                replay.run, device, repeats=None, min_run_time=config.min_run_time
-            )
         iso = {
             "timing": iso_timing.to_dict(),
             "flops": iso_flops,
@@ -84,10 +107,6 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             "calls": replay.calls,
             "unique_calls": replay.unique,
         }
-    else:
-        timing = time_step(
-            work.step, device, repeats=config.repeats, min_run_time=config.min_run_time
-        )
 
     rate = flops / timing.median_s
     fraction = None
@@ -96,6 +115,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 
     if compile_info is not None:
         compile_info["compile_s"] = max(0.0, compile_info["first_call_s"] - timing.median_s)
+        compile_info.update(_speedup(timing, timings[1]))
 
     memory: int | None = None
     memory_method: str | None = None
@@ -169,6 +189,16 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(
             f"  compile: {comp['compile_s']:.1f} s (first call {comp['first_call_s']:.1f} s), "
             f"graph breaks {comp['graph_breaks']}, graphs {comp['graphs']}"
+        )
+        rounds = comp["speedup_per_round"]
+        spread = (
+            f" (per round {min(rounds):.3f}x to {max(rounds):.3f}x over {len(rounds)} rounds)"
+            if rounds
+            else ""
+        )
+        lines.append(
+            f"  eager twin: {comp['eager_step']['median_s'] * 1e3:.2f} ms median => "
+            f"compiled speed-up {comp['speedup']:.3f}x{spread}"
         )
     stream = result["stream_latency"]
     if stream is not None:

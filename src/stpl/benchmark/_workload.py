@@ -150,6 +150,14 @@ def make_inputs(config: BenchConfig, batch: int | None = None) -> Tensor:
     return torch.rand(shape, generator=g).to(config.device)
 
 
+def compile_kwargs(config: BenchConfig) -> dict[str, Any]:
+    """Keyword arguments of ``torch.compile`` for ``config`` (backend, inductor options)."""
+    kwargs: dict[str, Any] = {"backend": config.compile_backend}
+    if config.inductor_options:
+        kwargs["options"] = dict(config.inductor_options)
+    return kwargs
+
+
 def build_workload(config: BenchConfig) -> Workload:
     """Build the module, inputs and step closures for ``config``.
 
@@ -167,16 +175,17 @@ def build_workload(config: BenchConfig) -> Workload:
     compile_target: str | None = None
     if config.compile:
         twin = build_module(config)
+        kwargs = compile_kwargs(config)
         if config.compile_scope == "module":
-            runner = torch.compile(module)
+            runner = torch.compile(module, **kwargs)
             compile_target = "module"
         elif isinstance(module, EncoderStackDecoder):
-            module._step = torch.compile(module._step)  # type: ignore[method-assign]
+            module.compile_step(**kwargs)
             compile_target = "step"
         else:
             assert isinstance(module, CellStack)
             for cell in module.cells:
-                cell.compile()
+                cell.compile(**kwargs)
             compile_target = "cells"
 
     for mod in (module, twin):
@@ -241,7 +250,7 @@ def _model_workload(
 
     gen: Callable[..., Tensor] = generate
     if config.compile and config.compile_scope == "module":
-        gen = torch.compile(generate)
+        gen = torch.compile(generate, **compile_kwargs(config))
         compile_target = "generate"
 
     def rollout(fn: Callable[..., Tensor]) -> Step:
