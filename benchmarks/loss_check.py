@@ -8,10 +8,13 @@ difference. The issue's target: within 2% after 200 steps.
 
 Usage::
 
-    python benchmarks/loss_check.py --model predrnn --steps 200 --batch 8
+    python benchmarks/loss_check.py --model predrnn --steps 200 --batch 8 --jobs 2
     python benchmarks/loss_check.py --model predrnn --steps 200 --batch 4 --hidden 16  # quicker
 
-Writes ``benchmarks/results/loss-check-<model>.json``.
+``--jobs 2`` trains the two dtypes at the same time in two processes (each with
+``--threads`` threads). Writes ``benchmarks/results/loss-check-<model>.json`` (with
+``-h<hidden>-b<batch>`` appended when ``--hidden`` or ``--batch`` differ from the preset's
+64 channels and batch 8).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +39,11 @@ from stpl.data import MovingDigits
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def train(args: argparse.Namespace, dtype: str) -> list[float]:
-    """Train ``args.steps`` steps in ``dtype``; returns the per-step float32 losses."""
+def train(args: argparse.Namespace, dtype: str) -> tuple[list[float], float]:
+    """Train ``args.steps`` steps in ``dtype``; returns the per-step losses and the seconds."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     overrides: dict[str, Any] = {}
     if args.hidden is not None:
@@ -58,7 +66,7 @@ def train(args: argparse.Namespace, dtype: str) -> list[float]:
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         losses.append(float(loss.detach()))
-    return losses
+    return losses, time.perf_counter() - t0
 
 
 def main() -> int:
@@ -73,17 +81,21 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="dtypes in parallel")
     args = p.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    dtypes = ("float32", "bfloat16")
+    if args.jobs == 2:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+            runs = list(pool.map(train, [args, args], dtypes))
+    else:
+        runs = [train(args, dtype) for dtype in dtypes]
     result: dict[str, Any] = {"args": vars(args)}
-    for dtype in ("float32", "bfloat16"):
-        t0 = time.perf_counter()
-        losses = train(args, dtype)
+    for dtype, (losses, seconds) in zip(dtypes, runs, strict=True):
         result[dtype] = {
             "losses": losses,
             "final_mean10": statistics.fmean(losses[-10:]),
-            "seconds": time.perf_counter() - t0,
+            "seconds": seconds,
         }
         print(
             f"{dtype}: mean loss of last 10 steps {result[dtype]['final_mean10']:.6f} "
@@ -98,7 +110,10 @@ def main() -> int:
         f"(first-step loss {result['first_loss']:.6f})"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"loss-check-{args.model}.json").write_text(json.dumps(result, indent=1))
+    name = f"loss-check-{args.model}"
+    if args.hidden not in (None, 64) or args.batch != 8:
+        name += f"-h{args.hidden or 64}-b{args.batch}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     return 0
 
 
