@@ -83,7 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile one recurrent step (model.compile_step())",
+    )
     p.add_argument("--resume", default=None, help="checkpoint.pt to continue from")
     p.add_argument("--evaluate", default=None, help="checkpoint.pt to evaluate, then exit")
     p.add_argument(
@@ -389,10 +393,14 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
 
+        if args.compile:
+            # one recurrent step is compiled and reused at every step (seconds to a few
+            # minutes); torch.compile(model) would unroll the loop over all frames
+            model.compile_step()
         net: nn.Module = model
         if world > 1:
             net = DistributedDataParallel(model)
-        step_fn: Any = torch.compile(net) if args.compile else net
+        step_fn: Any = net
 
         per_rank = args.batch_size // world
         batch_sampler = StepBatches(len(train_set), per_rank, rank, world, args.seed, step)  # type: ignore[arg-type]
