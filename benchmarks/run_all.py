@@ -1,7 +1,8 @@
 """Run the benchmark suite and write its tables into docs/benchmarks.md.
 
 Every configuration runs ``python -m stpl.benchmark ... --json`` in its own subprocess
-(fresh allocator, fresh dynamo caches, a timeout per run); results are saved as JSON under
+(fresh allocator, fresh dynamo caches, an empty inductor cache directory so that compile
+times are cold, a timeout per run); results are saved as JSON under
 ``benchmarks/results/`` and rendered between the ``<!-- BEGIN GENERATED -->`` and
 ``<!-- END GENERATED -->`` markers of ``docs/benchmarks.md`` (the text around them is
 hand-written and kept).
@@ -22,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -85,7 +88,9 @@ def run_one(run_id: str, args: list[str], *, repeats: int, threads: int, timeout
     """Run one configuration in a subprocess and save its JSON (or the failure)."""
     cmd = [sys.executable, "-m", "stpl.benchmark", *args, "--json"]
     cmd += ["--repeats", str(repeats), "--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # a fresh, empty inductor cache per run: compile times are cold, as a new user sees them
+    cache = tempfile.mkdtemp(prefix="stpl-bench-inductor-")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TORCHINDUCTOR_CACHE_DIR": cache}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -95,6 +100,8 @@ def run_one(run_id: str, args: list[str], *, repeats: int, threads: int, timeout
             result = {"error": proc.stderr[-2000:]}
     except subprocess.TimeoutExpired:
         result = {"error": f"timed out after {timeout:.0f} s"}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     result["run_id"] = run_id
     result["argv"] = args
     result["wall_s"] = time.perf_counter() - t0
@@ -280,6 +287,22 @@ def render() -> str:
         *ro,
         "",
     ]
+    batched = _load("batched-conv")
+    if batched is not None:
+        out += [
+            "### Batching convolutions over time (`benchmarks/batched_conv.py`, "
+            f"B={batched['batch']}, {batched['threads']} thread(s))",
+            "",
+            "| dtype | convolution | what | T calls on B maps, ms | one call on B*T maps, ms "
+            "| batched speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
+        for b in batched["rows"]:
+            out.append(
+                f"| {b['dtype']} | {b['conv']} | {b['what']} ({b['calls']} steps) | "
+                f"{b['per_step_ms']:.1f} | {b['batched_ms']:.1f} | {b['speedup']:.2f}x |"
+            )
+        out.append("")
     return "\n".join(out)
 
 
