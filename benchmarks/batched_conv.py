@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+
+from stpl.benchmark._measure import time_interleaved
 
 # (label, in channels, out channels, kernel): the presets' convolutions at 4 x 64 channels
 SHAPES = [
@@ -41,18 +41,9 @@ SHAPES = [
 def _median_pair(
     a: Callable[[], object], b: Callable[[], object], repeats: int
 ) -> tuple[float, float]:
-    a()
-    b()
-    ta: list[float] = []
-    tb: list[float] = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a()
-        ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        b()
-        tb.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+    """Median seconds of ``a`` and ``b``, taking turns (the benchmark tool's timer)."""
+    ta, tb = time_interleaved([a, b], torch.device("cpu"), repeats=repeats)
+    return ta.median_s, tb.median_s
 
 
 def measure(

@@ -400,7 +400,6 @@ def run(args: argparse.Namespace) -> int:
         net: nn.Module = model
         if world > 1:
             net = DistributedDataParallel(model)
-        step_fn: Any = net
 
         per_rank = args.batch_size // world
         batch_sampler = StepBatches(len(train_set), per_rank, rank, world, args.seed, step)  # type: ignore[arg-type]
@@ -417,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
             gen.manual_seed((args.seed * 1_000_003 + step) * world + rank)  # resumable masks
             mask, context = sampling.mask(b, t_total, args.context, device=device, generator=gen)
             with autocast(args, device):
-                out_ = step_fn(clips, context=context, mask=mask)
+                out_ = net(clips, context=context, mask=mask)
                 loss = loss_fn(args, out_, clips)
             opt.zero_grad(set_to_none=True)
             loss.backward()
