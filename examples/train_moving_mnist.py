@@ -203,7 +203,7 @@ def evaluate(
         clips = clips.to(device)
         context = clips[:, : args.context]
         with autocast(args, device):
-            pred = model.generate(context, args.horizon)
+            pred = model.generate(context, args.horizon).predictions
         preds.append(pred.float().clamp(0, 1).cpu())
         truths.append(clips[:, args.context :].float().cpu())
     model.train()

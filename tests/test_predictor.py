@@ -297,7 +297,7 @@ def test_generate_equals_free_running_forward(cell):
     t_c, horizon = 2, 9  # longer than any rollout the tests train on
     frames = frames_like(model, t=t_c + horizon)
     frames[:, t_c:] = float("nan")  # arbitrary: never read
-    video = model.generate(frames[:, :t_c], horizon=horizon)
+    video = model.generate(frames[:, :t_c], horizon=horizon).predictions
     assert video.shape == (B, horizon, 1, H, W)
     assert torch.isfinite(video).all()
     expected = model(frames, context=t_c).predictions[:, t_c - 1 :]
@@ -309,14 +309,17 @@ def test_generate_continues_from_state():
     model = make()
     frames = frames_like(model, t=8)
     warm = model(frames[:, :4])  # state after reading frames 0..2
-    continued = model.generate(frames[:, 3:5], horizon=4, state=warm.state)
-    assert_close(continued, model.generate(frames[:, :5], horizon=4))
+    continued = model.generate(frames[:, 3:5], horizon=4, state=warm.state).predictions
+    assert_close(continued, model.generate(frames[:, :5], horizon=4).predictions)
 
 
 def test_generate_horizon_one_is_the_last_teacher_forced_prediction():
     model = make()
     frames = frames_like(model)
-    assert_close(model.generate(frames[:, :4], horizon=1), model(frames[:, :5]).predictions[:, 3:4])
+    assert_close(
+        model.generate(frames[:, :4], horizon=1).predictions,
+        model(frames[:, :5]).predictions[:, 3:4],
+    )
 
 
 # ------------------------------------------------------------------ channels and layers
@@ -332,14 +335,14 @@ def test_out_channels_differ_from_in_channels():
         model(frames, context=2)
     with pytest.raises(ValueError, match="out_channels"):
         model(frames, context=2, mask=torch.ones(B, T - 2))
-    assert model.generate(frames[:, :3], horizon=1).shape == (B, 1, 1, H, W)
+    assert model.generate(frames[:, :3], horizon=1).predictions.shape == (B, 1, 1, H, W)
     with pytest.raises(ValueError, match="out_channels"):
         model.generate(frames[:, :3], horizon=2)
 
 
 @pytest.mark.parametrize(("cell", "hidden"), [("convlstm", [4, 6, 8]), ("modernn", [6, 4])])
 def test_hidden_channels_per_layer(cell, hidden):
-    model = make(cell, hidden_channels=hidden)
+    model = make(cell, hidden_channels=hidden, num_layers=len(hidden))
     assert model.num_layers == len(hidden)
     assert model.hidden_channels == tuple(hidden)
     assert [c.hidden_channels for c in model.cells] == hidden
@@ -429,7 +432,7 @@ def test_action_conditioning():
         manual_rollout(model, frames, context=3, actions=varying)[0],
     )
     # generate reads one action per step that runs
-    video = model.generate(frames[:, :2], horizon=4, actions=vec[:, :5])
+    video = model.generate(frames[:, :2], horizon=4, actions=vec[:, :5]).predictions
     assert_close(video, model(frames, context=2, actions=vec).predictions[:, 1:5])
 
 
@@ -622,7 +625,8 @@ def test_compile_step_matches_eager(checkpoint_steps, fresh_dynamo):
     assert set(model.state_dict()) == keys
     with torch.no_grad():
         assert_close(
-            model.generate(frames[:, :3], 2), model.compile_step(False).generate(frames[:, :3], 2)
+            model.generate(frames[:, :3], 2).predictions,
+            model.compile_step(False).generate(frames[:, :3], 2).predictions,
         )
     assert model._compiled_step is None
 
@@ -669,7 +673,7 @@ def test_error_messages():
         with pytest.raises(ValueError, match=r"mask must be \(B, T-2\)"):
             model(frames, context=2, mask=bad)
     for context in (0, -1, 2.5, True, "3"):
-        with pytest.raises(ValueError, match="context must be an int >= 1"):
+        with pytest.raises(ValueError, match="context must be a positive int"):
             model(frames, context=context)
     with pytest.raises(ValueError, match="horizon"):
         model.generate(frames, horizon=0)

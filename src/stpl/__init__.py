@@ -1,7 +1,8 @@
 """stpl: spatiotemporal recurrent cells for video prediction, exact to the papers' code."""
 
-from stpl import data, interop, metrics, training
+from stpl import data, interop, metrics, models, training
 from stpl.cells import (
+    CELLS,
     ConvLSTMCell,
     DCBOutput,
     DetailContextBlock,
@@ -11,12 +12,20 @@ from stpl.cells import (
     MoDeRNNCell,
     MoDeRNNOutput,
     Norm,
+    RecurrentCell,
     STLSTMCell,
     STLSTMOutput,
     STLSTMState,
+    register_cell,
+)
+from stpl.models import (
+    EncoderStackDecoder,
+    Generation,
+    PredictorOutput,
+    RecurrentPredictor,
+    StreamState,
 )
 from stpl.patching import PatchOrder, patchify, unpatchify
-from stpl.predictor import CELLS, EncoderStackDecoder, PredictorOutput
 from stpl.registry import PRESETS, get_model, list_models
 
 __version__ = "0.1.0"
@@ -29,6 +38,7 @@ __all__ = [
     "DetailContextBlock",
     "EncoderStackDecoder",
     "GateConv",
+    "Generation",
     "LSTMState",
     "LayerNorm2d",
     "MoDeRNNCell",
@@ -36,16 +46,21 @@ __all__ = [
     "Norm",
     "PatchOrder",
     "PredictorOutput",
+    "RecurrentCell",
+    "RecurrentPredictor",
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
+    "StreamState",
     "__version__",
     "data",
     "get_model",
     "interop",
     "list_models",
     "metrics",
+    "models",
     "patchify",
+    "register_cell",
     "training",
     "unpatchify",
 ]

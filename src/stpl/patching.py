@@ -20,6 +20,8 @@ from typing import Literal, get_args
 from einops import rearrange
 from torch import Tensor
 
+from stpl._validation import check_positive_int
+
 PatchOrder = Literal["predrnn", "modernn", "pixel_shuffle"]
 """Channel order inside a patch: ``"predrnn"``, ``"modernn"`` or ``"pixel_shuffle"``."""
 
@@ -41,9 +43,7 @@ def check_patch_order(order: object) -> PatchOrder:
 
 def check_patch_size(patch_size: object) -> int:
     """Return ``patch_size`` if it is an ``int`` >= 1, else raise ``ValueError``."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int; got {patch_size!r}")
-    return patch_size
+    return check_positive_int("patch_size", patch_size)
 
 
 def check_divisible(height: int, width: int, patch_size: int) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from stpl.predictor import EncoderStackDecoder
+from stpl.models import EncoderStackDecoder
 
 _MMNIST = {"in_channels": 1, "hidden_channels": 64, "num_layers": 4, "patch_size": 4}
 
@@ -66,6 +66,9 @@ def get_model(name: str, **overrides: Any) -> EncoderStackDecoder:
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; known models: {list_models()}")
     options: dict[str, Any] = {**PRESETS[name], **overrides}
+    hidden = overrides.get("hidden_channels")
+    if "num_layers" not in overrides and not isinstance(hidden, (int, type(None))):
+        options.pop("num_layers", None)  # a list of widths sets the depth
     image_size = options.pop("image_size", (64, 64))
     if isinstance(image_size, int):
         image_size = (image_size, image_size)

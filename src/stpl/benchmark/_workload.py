@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from stpl.benchmark._config import BenchConfig
 from stpl.cells import ConvLSTMCell, DetailContextBlock, MoDeRNNCell, STLSTMCell
-from stpl.predictor import EncoderStackDecoder
+from stpl.models import EncoderStackDecoder
 from stpl.registry import get_model
 
 Step = Callable[[], Any]
@@ -243,10 +243,10 @@ def _model_workload(
     horizon = max(1, config.frames - context)
 
     def generate(ctx: Tensor, n: int, state: Any = None) -> Tensor:
-        return module.generate(ctx, n, state=state)
+        return module.generate(ctx, n, state=state).predictions
 
     def generate_twin(ctx: Tensor, n: int, state: Any = None) -> Tensor:
-        return twin.generate(ctx, n, state=state)
+        return twin.generate(ctx, n, state=state).predictions
 
     gen: Callable[..., Tensor] = generate
     if config.compile and config.compile_scope == "module":

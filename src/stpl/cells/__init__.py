@@ -1,5 +1,7 @@
 """Recurrent cells: one time step each, state in, state out."""
 
+from stpl.cells._protocol import RecurrentCell
+from stpl.cells._registry import CELLS, register_cell
 from stpl.cells._state import LSTMState, STLSTMState
 from stpl.cells._toolkit import GateConv, LayerNorm2d, Norm
 from stpl.cells.convlstm import ConvLSTMCell
@@ -7,6 +9,7 @@ from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeR
 from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
 
 __all__ = [
+    "CELLS",
     "ConvLSTMCell",
     "DCBOutput",
     "DetailContextBlock",
@@ -16,7 +19,9 @@ __all__ = [
     "MoDeRNNCell",
     "MoDeRNNOutput",
     "Norm",
+    "RecurrentCell",
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
+    "register_cell",
 ]

@@ -6,17 +6,60 @@ norm is laid out, how a zero state is made, what an error says) is written once.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stpl._validation import check_kernel_size, check_positive_int
+
+__all__ = [
+    "Device",
+    "GateConv",
+    "LayerNorm2d",
+    "Norm",
+    "autocast_enabled",
+    "check_kernel_size",
+    "check_map",
+    "check_norm",
+    "check_positive_int",
+    "check_spatial_size",
+    "check_state",
+    "check_state_map",
+    "factory_kwargs",
+    "reset_module_parameters",
+    "split_gates",
+    "zeros_like_map",
+]
+
+Device = torch.device | str | int | None
+"""What ``device=`` accepts, as in ``torch.nn`` layers."""
+
 Norm = Literal["layer"] | None
 """Normalisation of a gate convolution's output: ``None`` or ``"layer"``."""
 
 _NORMS = (None, "layer")
+
+_AUTOCAST_TAKES_DEVICE = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (
+    2,
+    4,
+)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``, on every supported torch version.
+
+    ``torch.is_autocast_enabled(device_type)`` exists from torch 2.4; before that, CPU
+    autocast has its own query and the argument-free form means CUDA.
+    """
+    if _AUTOCAST_TAKES_DEVICE:
+        return bool(torch.is_autocast_enabled(device_type))
+    if device_type == "cpu":
+        return bool(torch.is_autocast_cpu_enabled())
+    return bool(torch.is_autocast_enabled())
 
 
 def check_norm(norm: object) -> Norm:
@@ -26,33 +69,45 @@ def check_norm(norm: object) -> Norm:
     return norm  # type: ignore[return-value]
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an ``int`` > 0, else raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
-
-
-def check_kernel_size(name: str, value: object) -> int:
-    """Return ``value`` if it is a positive odd ``int`` ("same" padding needs an odd kernel)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 2 == 0:
-        raise ValueError(f"{name} must be a positive odd int (same padding k // 2); got {value!r}")
-    return value
-
-
 def check_spatial_size(spatial_size: object) -> tuple[int, int] | None:
     """Return ``spatial_size`` as ``(H, W)`` or ``None``; raise ``ValueError`` if malformed."""
     if spatial_size is None:
         return None
-    if isinstance(spatial_size, int) and not isinstance(spatial_size, bool):
+    if isinstance(spatial_size, numbers.Integral) and not isinstance(spatial_size, bool):
         spatial_size = (spatial_size, spatial_size)
     if (
         not isinstance(spatial_size, Sequence)
         or len(spatial_size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in spatial_size)
+        or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) > 0
+            for s in spatial_size
+        )
     ):
         raise ValueError(f"spatial_size must be None or (H, W) positive ints; got {spatial_size!r}")
     return (int(spatial_size[0]), int(spatial_size[1]))
+
+
+def factory_kwargs(device: Device, dtype: torch.dtype | None) -> dict[str, Any]:
+    """``{"device": device, "dtype": dtype}`` for ``torch.nn`` constructors (checked dtype)."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype must be None or a floating torch.dtype; got {dtype!r}")
+    return {"device": device, "dtype": dtype}
+
+
+def reset_module_parameters(module: nn.Module) -> None:
+    """Re-initialise every parameter below ``module`` with its layer's own initialiser.
+
+    Calls ``reset_parameters()`` of each child that has one (``nn.Conv2d``, our norms and
+    cells) and recurses into children that do not (``nn.ModuleList``, ``nn.Sequential``).
+    Together with ``to_empty`` this turns a model built on the ``meta`` device into a
+    normally initialised one.
+    """
+    for child in module.children():
+        reset = getattr(child, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        else:
+            reset_module_parameters(child)
 
 
 class LayerNorm2d(nn.Module):
@@ -70,17 +125,30 @@ class LayerNorm2d(nn.Module):
     """
 
     def __init__(
-        self, num_channels: int, *, spatial_size: tuple[int, int] | None = None, eps: float = 1e-5
+        self,
+        num_channels: int,
+        *,
+        spatial_size: tuple[int, int] | None = None,
+        eps: float = 1e-5,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.num_channels = check_positive_int("num_channels", num_channels)
         self.spatial_size = check_spatial_size(spatial_size)
         self.eps = eps
-        shape: tuple[int, ...] = (num_channels,)
+        shape: tuple[int, ...] = (self.num_channels,)
         if self.spatial_size is not None:
-            shape = (num_channels, *self.spatial_size)
-        self.weight = nn.Parameter(torch.ones(shape))
-        self.bias = nn.Parameter(torch.zeros(shape))
+            shape = (self.num_channels, *self.spatial_size)
+        factory = factory_kwargs(device, dtype)
+        self.weight = nn.Parameter(torch.empty(shape, **factory))
+        self.bias = nn.Parameter(torch.empty(shape, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight 1, bias 0 (``nn.LayerNorm``'s initialisation)."""
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise ``x: (B, C, H, W)``; returns the same shape."""
@@ -120,14 +188,28 @@ class GateConv(nn.Sequential):
         bias: bool = False,
         norm: Norm = None,
         spatial_size: tuple[int, int] | None = None,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         check_kernel_size("kernel_size", kernel_size)
+        factory = factory_kwargs(device, dtype)
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                padding=kernel_size // 2,
+                bias=bias,
+                **factory,
+            )
         ]
         if check_norm(norm) == "layer":
-            layers.append(LayerNorm2d(out_channels, spatial_size=spatial_size))
+            layers.append(LayerNorm2d(out_channels, spatial_size=spatial_size, **factory))
         super().__init__(*layers)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the convolution (``nn.Conv2d``'s default) and the norm."""
+        reset_module_parameters(self)
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -184,9 +266,36 @@ def check_state_map(name: str, t: object, x: Tensor, channels: int) -> Tensor:
         )
     if t.device != x.device:
         raise ValueError(f"{name} is on device {t.device}, but the input is on {x.device}")
-    if t.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+    if t.dtype != x.dtype and not autocast_enabled(x.device.type):
         raise ValueError(f"{name} has dtype {t.dtype}, but the input has dtype {x.dtype}")
     return t
+
+
+_S = TypeVar("_S", bound=tuple[Any, ...])
+
+
+def check_state(name: str, state: object, state_type: type[_S]) -> _S:
+    """Check a carried state is a ``state_type`` (or a plain tuple/list of its length).
+
+    A NamedTuple of another type (an ``LSTMState`` given to an ST-LSTM, an ``STLSTMState``
+    to a ConvLSTM) is a state built by another cell type: it raises ``ValueError`` instead
+    of being read by position.
+    """
+    fields: tuple[str, ...] = getattr(state_type, "_fields", ())
+    want = f"{state_type.__name__}({', '.join(fields)})"
+    if isinstance(state, state_type):
+        return state
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        raise ValueError(
+            f"{name} must be a {want}; got a {type(state).__name__} "
+            "(a state built by another cell type?)"
+        )
+    if not isinstance(state, (tuple, list)) or len(state) != len(fields):
+        got = f"a {type(state).__name__}"
+        if isinstance(state, (tuple, list)):
+            got += f" of {len(state)} items"
+        raise ValueError(f"{name} must be a {want} or a tuple of {len(fields)} tensors; got {got}")
+    return state_type(*state)
 
 
 def split_gates(t: Tensor, channels: int) -> tuple[Tensor, ...]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from stpl.cells._state import LSTMState
 from stpl.cells._toolkit import (
+    Device,
     GateConv,
     Norm,
     check_kernel_size,
@@ -14,7 +17,10 @@ from stpl.cells._toolkit import (
     check_norm,
     check_positive_int,
     check_spatial_size,
+    check_state,
     check_state_map,
+    factory_kwargs,
+    reset_module_parameters,
     split_gates,
     zeros_like_map,
 )
@@ -66,7 +72,8 @@ class ConvLSTMCell(nn.Module):
         spatial_size: ``(H, W)`` for per-element layer-norm/peephole parameters.
         forget_bias: constant added to the forget-gate pre-activation.
         gate_order: order of the four chunks of the convolution output.
-        peephole: Shi et al.'s Hadamard peephole connections.
+        peephole: Shi et al.'s Hadamard peephole connections (initialised to 0).
+        device, dtype: where and in which dtype to create the parameters (``torch.nn`` style).
 
     Shapes: ``x: (B, C_in, H, W)``, states ``(B, C_hidden, H, W)``; returns ``h'`` and
     ``LSTMState(h', c')``.
@@ -84,6 +91,8 @@ class ConvLSTMCell(nn.Module):
         forget_bias: float = 0.0,
         gate_order: str = "ifgo",
         peephole: bool = False,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -96,13 +105,23 @@ class ConvLSTMCell(nn.Module):
         self.peephole = bool(peephole)
         self._index = tuple(self.gate_order.index(g) for g in _GATES)
         nh = hidden_channels
-        ln = {"norm": self.norm, "spatial_size": self.spatial_size}
-        self.conv_x = GateConv(in_channels, 4 * nh, kernel_size, bias=bias, **ln)  # type: ignore[arg-type]
-        self.conv_h = GateConv(nh, 4 * nh, kernel_size, **ln)  # type: ignore[arg-type]
+        factory = factory_kwargs(device, dtype)
+        ln: dict[str, Any] = {"norm": self.norm, "spatial_size": self.spatial_size, **factory}
+        self.conv_x = GateConv(in_channels, 4 * nh, kernel_size, bias=bias, **ln)
+        self.conv_h = GateConv(nh, 4 * nh, kernel_size, **ln)
         self.peephole_weight: nn.Parameter | None = None
         if self.peephole:
             shape = (3, nh, *self.spatial_size) if self.spatial_size else (3, nh, 1, 1)
-            self.peephole_weight = nn.Parameter(torch.zeros(shape))
+            self.peephole_weight = nn.Parameter(torch.zeros(shape, **factory))
+
+    state_type = LSTMState
+    """The state this cell carries."""
+
+    def reset_parameters(self) -> None:
+        """Convolutions as ``nn.Conv2d``, norms weight 1 / bias 0, peepholes 0."""
+        reset_module_parameters(self)
+        if self.peephole_weight is not None:
+            nn.init.zeros_(self.peephole_weight)
 
     def initial_state(self, x: Tensor) -> LSTMState:
         """Zero state for input ``x: (B, C_in, H, W)`` (device, dtype and layout of ``x``)."""
@@ -125,8 +144,7 @@ class ConvLSTMCell(nn.Module):
                 f"{self.spatial_size}; got a map of size {tuple(x.shape[-2:])} "
                 "(build the cell with spatial_size=None to accept any resolution)"
             )
-        if state is None:
-            state = self.initial_state(x)
+        state = self.initial_state(x) if state is None else check_state("state", state, LSTMState)
         h = check_state_map("state.h", state[0], x, self.hidden_channels)
         c = check_state_map("state.c", state[1], x, self.hidden_channels)
         chunks = split_gates(self.conv_x(x) + self.conv_h(h), self.hidden_channels)

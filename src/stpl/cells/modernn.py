@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from stpl.cells._state import LSTMState
 from stpl.cells._toolkit import (
+    Device,
     GateConv,
     LayerNorm2d,
     Norm,
@@ -18,7 +19,10 @@ from stpl.cells._toolkit import (
     check_norm,
     check_positive_int,
     check_spatial_size,
+    check_state,
     check_state_map,
+    factory_kwargs,
+    reset_module_parameters,
     split_gates,
     zeros_like_map,
 )
@@ -66,6 +70,7 @@ class DetailContextBlock(nn.Module):
         reduction: ``"mean"`` or ``"sum"`` over the branches.
         first: which state the first round updates, ``"x"`` or ``"h"``.
         share_weights: reuse one set of branches in every round.
+        device, dtype: where and in which dtype to create the parameters (``torch.nn`` style).
     """
 
     def __init__(
@@ -81,6 +86,8 @@ class DetailContextBlock(nn.Module):
         reduction: Literal["mean", "sum"] = "mean",
         first: Literal["x", "h"] = "x",
         share_weights: bool = True,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.x_channels = check_positive_int("x_channels", x_channels)
@@ -110,15 +117,21 @@ class DetailContextBlock(nn.Module):
         if self.share_weights:
             n_x, n_h = min(n_x, 1), min(n_h, 1)
 
+        factory = factory_kwargs(device, dtype)
+
         def branches(c_in: int, c_out: int) -> nn.ModuleList:
             return nn.ModuleList(
-                GateConv(c_in, c_out, k, norm=self.norm, spatial_size=self.spatial_size)
+                GateConv(c_in, c_out, k, norm=self.norm, spatial_size=self.spatial_size, **factory)
                 for k in self.kernel_sizes
             )
 
         # h_branches[j] read h and gate x; x_branches[j] read x and gate h.
         self.h_branches = nn.ModuleList(branches(h_channels, x_channels) for _ in range(n_x))
         self.x_branches = nn.ModuleList(branches(x_channels, h_channels) for _ in range(n_h))
+
+    def reset_parameters(self) -> None:
+        """Convolutions as ``nn.Conv2d``, norms weight 1 / bias 0."""
+        reset_module_parameters(self)
 
     def _attention(self, branch_set: nn.Module, source: Tensor) -> Tensor:
         assert isinstance(branch_set, nn.ModuleList)
@@ -198,6 +211,7 @@ class MoDeRNNCell(nn.Module):
         forget_bias: added to the forget-gate pre-activation (1.0 in the reference).
         dcb_kernel_sizes, dcb_rounds, dcb_scale, dcb_reduction, dcb_first, dcb_share_weights:
             the :class:`DetailContextBlock` options.
+        device, dtype: where and in which dtype to create the parameters (``torch.nn`` style).
     """
 
     def __init__(
@@ -215,6 +229,8 @@ class MoDeRNNCell(nn.Module):
         dcb_reduction: Literal["mean", "sum"] = "mean",
         dcb_first: Literal["x", "h"] = "x",
         dcb_share_weights: bool = True,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -223,7 +239,8 @@ class MoDeRNNCell(nn.Module):
         self.norm = check_norm(norm)
         self.spatial_size = check_spatial_size(spatial_size)
         self.forget_bias = float(forget_bias)
-        nh = hidden_channels
+        nh = self.hidden_channels
+        factory = factory_kwargs(device, dtype)
         self.dcb = DetailContextBlock(
             in_channels,
             nh,
@@ -235,16 +252,21 @@ class MoDeRNNCell(nn.Module):
             reduction=dcb_reduction,
             first=dcb_first,
             share_weights=dcb_share_weights,
+            **factory,
         )
-        self.conv_x = GateConv(
-            in_channels, 4 * nh, kernel_size, norm=self.norm, spatial_size=self.spatial_size
-        )
-        self.conv_h = GateConv(
-            nh, 4 * nh, kernel_size, norm=self.norm, spatial_size=self.spatial_size
-        )
+        ln: dict[str, Any] = {"norm": self.norm, "spatial_size": self.spatial_size, **factory}
+        self.conv_x = GateConv(in_channels, 4 * nh, kernel_size, **ln)
+        self.conv_h = GateConv(nh, 4 * nh, kernel_size, **ln)
         self.norm_cell: LayerNorm2d | None = None
         if self.norm == "layer":
-            self.norm_cell = LayerNorm2d(nh, spatial_size=self.spatial_size)
+            self.norm_cell = LayerNorm2d(nh, spatial_size=self.spatial_size, **factory)
+
+    state_type = LSTMState
+    """The state this cell carries."""
+
+    def reset_parameters(self) -> None:
+        """Convolutions as ``nn.Conv2d``, norms weight 1 / bias 0."""
+        reset_module_parameters(self)
 
     def initial_state(self, x: Tensor) -> LSTMState:
         """Zero state for input ``x: (B, C_in, H, W)`` (device, dtype and layout of ``x``)."""
@@ -254,8 +276,7 @@ class MoDeRNNCell(nn.Module):
     def forward_with_attention(self, x: Tensor, state: LSTMState | None = None) -> MoDeRNNOutput:
         """One step that also returns the DCB's attention maps (to draw them over time)."""
         check_map("x", x, self.in_channels)
-        if state is None:
-            state = self.initial_state(x)
+        state = self.initial_state(x) if state is None else check_state("state", state, LSTMState)
         h = check_state_map("state.h", state[0], x, self.hidden_channels)
         c = check_state_map("state.c", state[1], x, self.hidden_channels)
         x_hat, h_hat, maps = self.dcb.forward_with_attention(x, h)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from stpl.cells._state import STLSTMState
 from stpl.cells._toolkit import (
+    Device,
     GateConv,
     Norm,
     check_kernel_size,
@@ -16,7 +17,10 @@ from stpl.cells._toolkit import (
     check_norm,
     check_positive_int,
     check_spatial_size,
+    check_state,
     check_state_map,
+    factory_kwargs,
+    reset_module_parameters,
     split_gates,
     zeros_like_map,
 )
@@ -71,6 +75,7 @@ class STLSTMCell(nn.Module):
         spatial_size: ``(H, W)`` for per-element layer-norm parameters (reference layout).
         forget_bias: constant added to both forget gates (1.0 in the reference code).
         action_channels: channels of the action map, or ``None`` for no action input.
+        device, dtype: where and in which dtype to create the parameters (``torch.nn`` style).
     """
 
     zigzag_memory = True
@@ -87,6 +92,8 @@ class STLSTMCell(nn.Module):
         spatial_size: tuple[int, int] | None = None,
         forget_bias: float = 1.0,
         action_channels: int | None = None,
+        device: Device = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -100,21 +107,29 @@ class STLSTMCell(nn.Module):
             if action_channels is None
             else check_positive_int("action_channels", action_channels)
         )
-        nh, k = hidden_channels, kernel_size
+        nh, k = self.hidden_channels, self.kernel_size
+        factory = factory_kwargs(device, dtype)
 
         def gate_conv(c_in: int, c_out: int) -> GateConv:
             return GateConv(
-                c_in, c_out, k, bias=bias, norm=self.norm, spatial_size=self.spatial_size
+                c_in, c_out, k, bias=bias, norm=self.norm, spatial_size=self.spatial_size, **factory
             )
 
         self.conv_x = gate_conv(in_channels, 7 * nh)
         self.conv_h = gate_conv(nh, 4 * nh)
         self.conv_m = gate_conv(nh, 3 * nh)
         self.conv_o = gate_conv(2 * nh, nh)
-        self.conv_last = nn.Conv2d(2 * nh, nh, 1, bias=bias)
+        self.conv_last = nn.Conv2d(2 * nh, nh, 1, bias=bias, **factory)
         self.conv_a: GateConv | None = None
         if self.action_channels is not None:
             self.conv_a = gate_conv(self.action_channels, 4 * nh)
+
+    state_type = STLSTMState
+    """The state this cell carries."""
+
+    def reset_parameters(self) -> None:
+        """Convolutions as ``nn.Conv2d``, norms weight 1 / bias 0."""
+        reset_module_parameters(self)
 
     def initial_state(self, x: Tensor) -> STLSTMState:
         """Zero state for input ``x: (B, C_in, H, W)`` (device, dtype and layout of ``x``)."""
@@ -132,8 +147,7 @@ class STLSTMCell(nn.Module):
             action: ``(B, C_a, H, W)``, required iff the cell has ``action_channels``.
         """
         check_map("x", x, self.in_channels)
-        if state is None:
-            state = self.initial_state(x)
+        state = self.initial_state(x) if state is None else check_state("state", state, STLSTMState)
         nh = self.hidden_channels
         h = check_state_map("state.h", state[0], x, nh)
         c = check_state_map("state.c", state[1], x, nh)

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from stpl._validation import check_positive_int
 from stpl.data.glyphs import render_digit
 
 __all__ = ["MovingDigits", "SequenceInfo"]
@@ -51,10 +52,6 @@ class SequenceInfo(NamedTuple):
     velocities: NDArray[np.float64]
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return int(value)
 
 
 def _as_digit_bank(digits: object, digit_size: int) -> NDArray[np.float32]:
@@ -117,11 +114,11 @@ class MovingDigits(Dataset[Tensor]):
         digits: Tensor | NDArray[np.generic] | None = None,
         step_length: float = 0.1,
     ) -> None:
-        self.num_sequences = _positive_int("num_sequences", num_sequences)
-        self.seq_len = _positive_int("seq_len", seq_len)
-        self.image_size = _positive_int("image_size", image_size)
-        self.num_digits = _positive_int("num_digits", num_digits)
-        self.digit_size = _positive_int("digit_size", digit_size)
+        self.num_sequences = check_positive_int("num_sequences", num_sequences)
+        self.seq_len = check_positive_int("seq_len", seq_len)
+        self.image_size = check_positive_int("image_size", image_size)
+        self.num_digits = check_positive_int("num_digits", num_digits)
+        self.digit_size = check_positive_int("digit_size", digit_size)
         if self.digit_size > self.image_size:
             raise ValueError(
                 f"digit_size must be <= image_size={self.image_size}; got {self.digit_size}"

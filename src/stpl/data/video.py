@@ -16,15 +16,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from stpl._validation import check_positive_int
+
 __all__ = ["FrameFolder", "VideoWindows"]
 
 PathLike = str | os.PathLike[str]
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return int(value)
 
 
 def _window_counts(lengths: Sequence[int], window: int, stride: int) -> list[int]:
@@ -90,9 +88,9 @@ class VideoWindows(Dataset[Tensor]):
         horizon: int,
         stride: int = 1,
     ) -> None:
-        self.context = _positive_int("context", context)
-        self.horizon = _positive_int("horizon", horizon)
-        self.stride = _positive_int("stride", stride)
+        self.context = check_positive_int("context", context)
+        self.horizon = check_positive_int("horizon", horizon)
+        self.stride = check_positive_int("stride", stride)
         self.window = self.context + self.horizon
         if isinstance(videos, (Tensor, np.ndarray)):
             stacked = torch.as_tensor(videos)
@@ -211,13 +209,13 @@ class FrameFolder(Dataset[Tensor]):
                 f"path must be a folder of image frames; got file {str(root)!r}"
             )
         self.root = root
-        self.seq_len = _positive_int("seq_len", seq_len)
-        self.stride = self.seq_len if stride is None else _positive_int("stride", stride)
+        self.seq_len = check_positive_int("seq_len", seq_len)
+        self.stride = self.seq_len if stride is None else check_positive_int("stride", stride)
         self.grayscale = bool(grayscale)
         if image_size is None:
             self.image_size: tuple[int, int] | None = None
         elif isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-            side = _positive_int("image_size", image_size)
+            side = check_positive_int("image_size", image_size)
             self.image_size = (side, side)
         elif (
             isinstance(image_size, Sequence)

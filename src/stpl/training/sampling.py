@@ -1,102 +1,47 @@
-"""Training policy kept outside the models: sampling curricula, their masks, and the losses.
+"""Sampling curricula and their masks: which steps read the true frame during training.
 
-The predictor (:class:`stpl.EncoderStackDecoder`) runs ``T - 1`` steps on ``frames: (B, T, C,
-H, W)``; step ``t`` predicts frame ``t + 1``. For ``t >= context`` its input is::
-
-    mask[:, t-1] * frames[:, t] + (1 - mask[:, t-1]) * previous_prediction
-
-with ``mask: (B, T-2)`` (entry ``j`` belongs to step ``j + 1``; 1 feeds the true frame).
-This module builds that ``mask`` and the matching ``context`` for the three curricula of the
-reference code, on the device, with torch ops only:
-
-* PredRNN scheduled sampling (:class:`ScheduledSampling`, ``context = T_in``),
-* MoDeRNN's linear schedule (:class:`LinearScheduledSampling`, ``context = T_in``),
-* PredRNN-V2 reverse scheduled sampling (:class:`ReverseScheduledSampling`, ``context = 1``),
-
-plus PredRNN-V2's decoupling loss and the MSE/L1 losses of the reference trainers. The
-formulas are those of ``thuml/predrnn-pytorch`` ``run.py`` and ``czh-98/MoDeRNN``
-``trainers/frame_prediction_trainer.py``; ``docs/training.md`` writes them out.
-
-Typical loop::
-
-    sched = ReverseScheduledSampling()
-    for frames in loader:                                  # (B, T, C, H, W)
-        mask, context = sched.mask(frames.shape[0], frames.shape[1], 10, device=frames.device)
-        out = model(frames, context=context, mask=mask)
-        loss = predrnn_loss(out.predictions, frames, out.decouple_loss)
-        loss.backward(); opt.step(); opt.zero_grad(); sched.step()
+The predictor runs ``T - 1`` steps on ``frames: (B, T, C, H, W)``; step ``t`` predicts
+frame ``t + 1``. For ``t >= context`` its input is
+``mask[:, t-1] * frames[:, t] + (1 - mask[:, t-1]) * previous_prediction`` with
+``mask: (B, T-2)``. This module builds that mask and the matching ``context`` for the
+curricula of the reference code, on the device, with torch ops only (``docs/training.md``).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, TypeAlias
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from stpl._validation import check_int, check_prob, check_real
+
 __all__ = [
-    "Adapter",
     "LinearScheduledSampling",
     "ReverseScheduledSampling",
     "SamplingMask",
     "SamplingSchedule",
     "ScheduledSampling",
-    "decoupling_loss",
-    "decoupling_term",
     "inference_mask",
     "linear_sampling_eta",
-    "modernn_loss",
-    "mse_l1_loss",
-    "predrnn_loss",
     "reverse_scheduled_sampling_mask",
     "reverse_scheduled_sampling_probs",
     "scheduled_sampling_eta",
     "scheduled_sampling_mask",
 ]
 
-Adapter: TypeAlias = Tensor | Callable[[Tensor], Tensor] | None
-"""PredRNN-V2's shared adapter: a 1x1 conv weight ``(C', C, 1, 1)`` or ``(C', C)``, any
-callable ``(M, C, H, W) -> (M, C', H, W)`` (e.g. the model's ``nn.Conv2d``), or ``None`` for
-the identity."""
 
-Reduction = Literal["mean", "sum", "modernn"]
-
-
-# --------------------------------------------------------------------------------------------
-# argument checks
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_real(name: str, value: object, *, low: float, high: float = math.inf) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-        or not low <= float(value) <= high
-    ):
-        bounds = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
-        raise ValueError(f"{name} must be a finite number {bounds}; got {value!r}")
-    return float(value)
-
-
-def _check_prob(name: str, value: object) -> float:
-    return _check_real(name, value, low=0.0, high=1.0)
+def _int(name: str, value: object, minimum: int) -> int:
+    return check_int(name, value, minimum=minimum)
 
 
 def _check_lengths(batch_size: object, total_length: object, input_length: object) -> None:
-    _check_int("batch_size", batch_size, 1)
-    total = _check_int("total_length", total_length, 2)
-    if _check_int("input_length", input_length, 1) >= total:
+    _int("batch_size", batch_size, 1)
+    total = _int("total_length", total_length, 2)
+    if _int("input_length", input_length, 1) >= total:
         raise ValueError(
             "input_length must satisfy 1 <= input_length < total_length; "
             f"got input_length={input_length}, total_length={total_length}"
@@ -161,11 +106,11 @@ def scheduled_sampling_eta(
     Raises:
         ValueError: if an argument is out of range.
     """
-    iteration = _check_int("iteration", iteration, 0)
-    start = _check_prob("start", start)
-    rate = _check_real("rate", rate, low=0.0)
+    iteration = _int("iteration", iteration, 0)
+    start = check_prob("start", start)
+    rate = check_real("rate", rate, low=0.0)
     if stop_iter is not None:
-        stop_iter = _check_int("stop_iter", stop_iter, 0)
+        stop_iter = _int("stop_iter", stop_iter, 0)
         if iteration >= stop_iter:
             return 0.0
     return max(start - rate * iteration, 0.0)
@@ -194,9 +139,9 @@ def linear_sampling_eta(iteration: int, *, total_iters: int, start: float = 1.0)
     Raises:
         ValueError: if an argument is out of range.
     """
-    iteration = _check_int("iteration", iteration, 0)
-    total_iters = _check_int("total_iters", total_iters, 1)
-    start = _check_prob("start", start)
+    iteration = _int("iteration", iteration, 0)
+    total_iters = _int("total_iters", total_iters, 1)
+    start = check_prob("start", start)
     return max(start - iteration / (total_iters / 2), 0.0)
 
 
@@ -235,7 +180,7 @@ def reverse_scheduled_sampling_probs(
     Raises:
         ValueError: if an argument is out of range.
     """
-    iteration = _check_int("iteration", iteration, 0)
+    iteration = _int("iteration", iteration, 0)
     s1, s2, alpha = _check_rss_hparams(s1, s2, alpha)
     if iteration < s1:
         return 0.5, 0.5
@@ -247,11 +192,11 @@ def reverse_scheduled_sampling_probs(
 
 
 def _check_rss_hparams(s1: object, s2: object, alpha: object) -> tuple[int, int, float]:
-    s1 = _check_int("s1", s1, 0)
-    s2 = _check_int("s2", s2, 0)
+    s1 = _int("s1", s1, 0)
+    s2 = _int("s2", s2, 0)
     if s2 < s1:
         raise ValueError(f"s2 must be >= s1; got s1={s1}, s2={s2}")
-    alpha = _check_real("alpha", alpha, low=0.0)
+    alpha = check_real("alpha", alpha, low=0.0)
     if alpha == 0.0:
         raise ValueError(f"alpha must be > 0; got {alpha!r}")
     return s1, s2, alpha
@@ -313,7 +258,7 @@ def scheduled_sampling_mask(
         ValueError: if a length, ``eta`` or ``dtype`` is invalid.
     """
     _check_lengths(batch_size, total_length, input_length)
-    eta = _check_prob("eta", eta)
+    eta = check_prob("eta", eta)
     dtype = _check_dtype(dtype)
     device = _resolve_device(device, generator)
     free = total_length - input_length - 1
@@ -358,8 +303,8 @@ def reverse_scheduled_sampling_mask(
         ValueError: if a length, a probability or ``dtype`` is invalid.
     """
     _check_lengths(batch_size, total_length, input_length)
-    r_eta = _check_prob("r_eta", r_eta)
-    eta = _check_prob("eta", eta)
+    r_eta = check_prob("r_eta", r_eta)
+    eta = check_prob("eta", eta)
     dtype = _check_dtype(dtype)
     device = _resolve_device(device, generator)
     draws = torch.rand(
@@ -390,7 +335,7 @@ def inference_mask(input_length: int) -> SamplingMask:
     Raises:
         ValueError: if ``input_length < 1``.
     """
-    return SamplingMask(None, _check_int("input_length", input_length, 1))
+    return SamplingMask(None, _int("input_length", input_length, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,7 +411,7 @@ class SamplingSchedule(ABC):
                 f"state_dict of {type(self).__name__} must have keys {sorted(expected)}; "
                 f"missing {sorted(expected - got)}, unexpected {sorted(got - expected)}"
             )
-        iteration = _check_int("iteration", state_dict["iteration"], 0)
+        iteration = _int("iteration", state_dict["iteration"], 0)
         self._set_hparams({k: v for k, v in state_dict.items() if k != "iteration"})
         self.iteration = iteration
 
@@ -536,16 +481,16 @@ class ScheduledSampling(_ForecastSampling):
         iteration: int = 0,
     ) -> None:
         self._set_hparams({"start": start, "rate": rate, "stop_iter": stop_iter})
-        self.iteration = _check_int("iteration", iteration, 0)
+        self.iteration = _int("iteration", iteration, 0)
 
     def _hparams(self) -> dict[str, Any]:
         return {"start": self.start, "rate": self.rate, "stop_iter": self.stop_iter}
 
     def _set_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self.start = _check_prob("start", hparams["start"])
-        self.rate = _check_real("rate", hparams["rate"], low=0.0)
+        self.start = check_prob("start", hparams["start"])
+        self.rate = check_real("rate", hparams["rate"], low=0.0)
         stop_iter = hparams["stop_iter"]
-        self.stop_iter = None if stop_iter is None else _check_int("stop_iter", stop_iter, 0)
+        self.stop_iter = None if stop_iter is None else _int("stop_iter", stop_iter, 0)
 
     @property
     def eta(self) -> float:
@@ -572,14 +517,14 @@ class LinearScheduledSampling(_ForecastSampling):
 
     def __init__(self, total_iters: int, *, start: float = 1.0, iteration: int = 0) -> None:
         self._set_hparams({"total_iters": total_iters, "start": start})
-        self.iteration = _check_int("iteration", iteration, 0)
+        self.iteration = _int("iteration", iteration, 0)
 
     def _hparams(self) -> dict[str, Any]:
         return {"total_iters": self.total_iters, "start": self.start}
 
     def _set_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self.total_iters = _check_int("total_iters", hparams["total_iters"], 1)
-        self.start = _check_prob("start", hparams["start"])
+        self.total_iters = _int("total_iters", hparams["total_iters"], 1)
+        self.start = check_prob("start", hparams["start"])
 
     @property
     def eta(self) -> float:
@@ -610,7 +555,7 @@ class ReverseScheduledSampling(SamplingSchedule):
         iteration: int = 0,
     ) -> None:
         self._set_hparams({"s1": s1, "s2": s2, "alpha": alpha})
-        self.iteration = _check_int("iteration", iteration, 0)
+        self.iteration = _int("iteration", iteration, 0)
 
     def _hparams(self) -> dict[str, Any]:
         return {"s1": self.s1, "s2": self.s2, "alpha": self.alpha}
@@ -650,225 +595,3 @@ class ReverseScheduledSampling(SamplingSchedule):
             generator=generator,
         )
         return SamplingMask(m, 1)
-
-
-# --------------------------------------------------------------------------------------------
-# losses
-
-
-def _apply_adapter(x: Tensor, adapter: Adapter) -> Tensor:
-    """``x: (M, C, H, W)`` -> ``(M, C', H, W)``."""
-    if adapter is None:
-        return x
-    if isinstance(adapter, Tensor):
-        w = adapter[:, :, None, None] if adapter.dim() == 2 else adapter
-        if w.dim() != 4 or w.shape[2:] != (1, 1) or w.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"adapter weight must be (C', {x.shape[1]}, 1, 1) or (C', {x.shape[1]}); "
-                f"got shape {tuple(adapter.shape)}"
-            )
-        return F.conv2d(x, w.to(x.dtype))
-    if not callable(adapter):
-        raise ValueError(f"adapter must be a weight tensor, a callable or None; got {adapter!r}")
-    return adapter(x)
-
-
-def _check_increment(name: str, x: object, ndim: int) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() != ndim or not x.is_floating_point():
-        shape = "(N, B, C, H, W)" if ndim == 5 else "(B, C, H, W)"
-        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else repr(x)
-        raise ValueError(f"{name} must be a floating tensor {shape}; got {got}")
-    return x
-
-
-def _abs_cosine(delta_c: Tensor, delta_m: Tensor, adapter: Adapter) -> Tensor:
-    """``(M, C, H, W)`` pairs -> ``|cos|`` per (pair, channel), ``(M, C')``."""
-    a = F.normalize(_apply_adapter(delta_c, adapter).flatten(2), dim=2)
-    b = F.normalize(_apply_adapter(delta_m, adapter).flatten(2), dim=2)
-    return F.cosine_similarity(a, b, dim=2).abs()
-
-
-def decoupling_term(delta_c: Tensor, delta_m: Tensor, adapter: Adapter) -> Tensor:
-    r"""PredRNN-V2's decoupling term for one (step, layer) pair.
-
-    ::
-
-        term = mean_{b, c} | <W Δc_{b,c}, W Δm_{b,c}>_{HW} | / (‖W Δc_{b,c}‖ ‖W Δm_{b,c}‖)
-
-    the absolute cosine similarity over the spatial axis ``H*W`` of the adapted increments
-    (``W`` = the shared 1x1 adapter), averaged over samples and channels. Computed like
-    the reference: ``F.normalize`` over ``H*W`` then ``F.cosine_similarity``
-    (``eps=1e-8``), so an all-zero map gives 0.
-
-    Args:
-        delta_c: ``Δc = i ⊙ g``, ``(B, C, H, W)``.
-        delta_m: ``Δm = i' ⊙ g'``, ``(B, C, H, W)``.
-        adapter: see :data:`Adapter` (weight, callable, or ``None`` for the identity).
-
-    Returns:
-        Scalar tensor in ``[0, 1]``.
-
-    Raises:
-        ValueError: if the shapes differ or are not 4-D, or the adapter weight is malformed.
-    """
-    _check_increment("delta_c", delta_c, 4)
-    _check_increment("delta_m", delta_m, 4)
-    if delta_c.shape != delta_m.shape:
-        raise ValueError(
-            "delta_c and delta_m must have the same shape; "
-            f"got {tuple(delta_c.shape)} and {tuple(delta_m.shape)}"
-        )
-    return _abs_cosine(delta_c, delta_m, adapter).mean()
-
-
-def decoupling_loss(
-    delta_c: Tensor | Sequence[Tensor],
-    delta_m: Tensor | Sequence[Tensor],
-    adapter: Adapter,
-) -> Tensor:
-    r"""PredRNN-V2's decoupling loss: :func:`decoupling_term` averaged over all pairs.
-
-    ::
-
-        L_decouple = mean_{t, l} mean_{b, c} |cos_{HW}(W Δc^l_t, W Δm^l_t)|
-
-    over the ``N = (T-1) * L`` (step, layer) pairs, as ``predrnn_v2.py`` computes it (a
-    mean, not the paper's sums; so ``decouple_beta = 0.1`` is tied to the mean). The
-    total loss is ``MSE + decouple_beta * L_decouple`` (:func:`predrnn_loss`).
-
-    Args:
-        delta_c: stacked ``(N, B, C, H, W)`` or a sequence of ``N`` tensors ``(B, C, H, W)``.
-        delta_m: same layout and shapes as ``delta_c``.
-        adapter: the shared adapter: a weight ``(C', C, 1, 1)`` / ``(C', C)``, a callable
-            such as the model's ``nn.Conv2d(C, C, 1, bias=False)``, or ``None`` (identity).
-
-    Returns:
-        Scalar tensor in ``[0, 1]``; gradients reach the increments and the adapter.
-
-    Raises:
-        ValueError: if the inputs are empty, differ in shape or are malformed.
-    """
-    if isinstance(delta_c, Tensor) or isinstance(delta_m, Tensor):
-        dc = _check_increment("delta_c", delta_c, 5)
-        dm = _check_increment("delta_m", delta_m, 5)
-        if dc.shape != dm.shape:
-            raise ValueError(
-                "delta_c and delta_m must have the same shape; "
-                f"got {tuple(dc.shape)} and {tuple(dm.shape)}"
-            )
-        if dc.shape[0] == 0:
-            raise ValueError("delta_c must hold at least one (step, layer) pair; got N=0")
-        # One batch of N*B maps: every pair has B*C terms, so the flat mean equals the mean
-        # over pairs of the per-pair means.
-        return _abs_cosine(dc.flatten(0, 1), dm.flatten(0, 1), adapter).mean()
-    dcs, dms = list(delta_c), list(delta_m)
-    if len(dcs) != len(dms) or not dcs:
-        raise ValueError(
-            "delta_c and delta_m must be non-empty sequences of equal length; "
-            f"got {len(dcs)} and {len(dms)}"
-        )
-    return torch.stack(
-        [decoupling_term(c, m, adapter) for c, m in zip(dcs, dms, strict=True)]
-    ).mean()
-
-
-def _check_same_shape(pred_name: str, pred: object, target_name: str, target: object) -> None:
-    if not isinstance(pred, Tensor) or not isinstance(target, Tensor):
-        raise ValueError(
-            f"{pred_name} and {target_name} must be tensors; "
-            f"got {type(pred).__name__} and {type(target).__name__}"
-        )
-    if pred.shape != target.shape:
-        raise ValueError(
-            f"{pred_name} and {target_name} must have the same shape; "
-            f"got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
-
-
-def mse_l1_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mean") -> Tensor:
-    """MSE plus L1 between two tensors of the same shape.
-
-    * ``"mean"``: ``mean((pred - target)²) + mean(|pred - target|)``.
-    * ``"sum"``: ``Σ (pred - target)² + Σ |pred - target|``.
-    * ``"modernn"``: ``(Σ (pred - target)² + Σ |pred - target|) / 4``, summed over every
-      element (batch, frames, pixels): MoDeRNN's ``MSEL1Loss(size_average=False)``
-      halves the sum and its trainer halves it again.
-
-    Args:
-        pred: any shape, e.g. ``(B, T, C, H, W)``.
-        target: same shape as ``pred``.
-        reduction: ``"mean"``, ``"sum"`` or ``"modernn"``.
-
-    Returns:
-        Scalar tensor.
-
-    Raises:
-        ValueError: if the shapes differ or ``reduction`` is unknown.
-    """
-    _check_same_shape("pred", pred, "target", target)
-    if reduction == "mean":
-        return F.mse_loss(pred, target) + F.l1_loss(pred, target)
-    if reduction in ("sum", "modernn"):
-        total = F.mse_loss(pred, target, reduction="sum") + F.l1_loss(pred, target, reduction="sum")
-        return total if reduction == "sum" else total / 4
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'modernn'; got {reduction!r}")
-
-
-def predrnn_loss(
-    predictions: Tensor,
-    frames: Tensor,
-    decouple_loss: Tensor | None = None,
-    *,
-    decouple_beta: float = 0.1,
-) -> Tensor:
-    """PredRNN / PredRNN-V2 training loss: ``MSE(predictions, frames[:, 1:]) + β·L_decouple``.
-
-    The MSE is a mean over all ``T-1`` predictions (context steps included) and every
-    element, like ``nn.MSELoss()`` in the reference (which is computed in patch space; a
-    patch reshape only permutes elements, so the mean is the same).
-
-    Args:
-        predictions: ``out.predictions``, ``(B, T-1, C, H, W)``.
-        frames: the target sequence ``(B, T, C, H, W)`` (step ``t`` predicts ``frames[:, t+1]``).
-        decouple_loss: ``out.decouple_loss`` (scalar) or ``None`` (PredRNN v1, no term).
-        decouple_beta: β, ``>= 0`` (0.1 in the MNIST/BAIR scripts, 0.01 for KTH).
-
-    Returns:
-        Scalar tensor.
-
-    Raises:
-        ValueError: if the shapes do not line up or ``decouple_beta < 0``.
-    """
-    decouple_beta = _check_real("decouple_beta", decouple_beta, low=0.0)
-    if not isinstance(frames, Tensor) or frames.dim() != 5:
-        got = tuple(frames.shape) if isinstance(frames, Tensor) else repr(frames)
-        raise ValueError(f"frames must be (B, T, C, H, W); got {got}")
-    _check_same_shape("predictions", predictions, "frames[:, 1:]", frames[:, 1:])
-    loss = F.mse_loss(predictions, frames[:, 1:])
-    if decouple_loss is not None:
-        loss = loss + decouple_beta * decouple_loss
-    return loss
-
-
-def modernn_loss(predictions: Tensor, frames: Tensor) -> Tensor:
-    """MoDeRNN's training loss: ``(SSE + SAE) / 4`` on ``predictions[:, 1:]`` vs ``frames[:, 2:]``.
-
-    The MoDeRNN trainer discards the output of step 0 (the prediction of frame 1), so the
-    loss covers the ``T-2`` predictions of frames 2 .. T-1, summed over batch, frames and
-    pixels (:func:`mse_l1_loss` with ``reduction="modernn"``).
-
-    Args:
-        predictions: ``out.predictions``, ``(B, T-1, C, H, W)``.
-        frames: the target sequence ``(B, T, C, H, W)``, ``T >= 3``.
-
-    Returns:
-        Scalar tensor.
-
-    Raises:
-        ValueError: if the shapes do not line up.
-    """
-    if not isinstance(frames, Tensor) or frames.dim() != 5 or frames.shape[1] < 3:
-        got = tuple(frames.shape) if isinstance(frames, Tensor) else repr(frames)
-        raise ValueError(f"frames must be (B, T, C, H, W) with T >= 3; got {got}")
-    _check_same_shape("predictions", predictions, "frames[:, 1:]", frames[:, 1:])
-    return mse_l1_loss(predictions[:, 1:], frames[:, 2:], reduction="modernn")

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stpl._validation import check_bool
+
 __all__ = ["Reduction", "mae", "mse", "psnr", "quantize_uint8", "ssim"]
 
 Reduction = Literal["sum_per_frame", "mean"]
@@ -88,16 +90,10 @@ def _check_pair(pred: object, target: object) -> tuple[Tensor, Tensor]:
     return p, t
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool; got {value!r}")
-    return value
-
-
 def _reduce(values: Tensor, per_frame: bool, per_sample: bool) -> Tensor:
     """Reduce a ``(B, T)`` table of per-(sequence, frame) scores."""
-    _check_bool("per_frame", per_frame)
-    _check_bool("per_sample", per_sample)
+    check_bool("per_frame", per_frame)
+    check_bool("per_sample", per_sample)
     if per_frame and per_sample:
         return values
     if per_frame:
@@ -140,7 +136,7 @@ def _per_frame_error(
 ) -> Tensor:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
-    _check_bool("clip", clip)
+    check_bool("clip", clip)
     pred, target = _at_least_float32(pred), _at_least_float32(target)
     dtype = torch.promote_types(pred.dtype, target.dtype)
     pred, target = pred.to(dtype), target.to(dtype)
@@ -240,8 +236,8 @@ def _prepare(
     pred: Tensor, target: Tensor, quantize: bool, clip: bool, data_range: float | None
 ) -> tuple[Tensor, Tensor, float]:
     """Frames in the working dtype (8-bit levels or floats) and the data range to use."""
-    _check_bool("quantize", quantize)
-    _check_bool("clip", clip)
+    check_bool("quantize", quantize)
+    check_bool("clip", clip)
     if data_range is not None and (
         isinstance(data_range, bool)
         or not isinstance(data_range, (int, float))
