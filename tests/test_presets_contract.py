@@ -1,0 +1,112 @@
+"""The contract every preset keeps, checked on a small instance of each registered preset.
+
+A model family that registers a preset (``stpl.registry.register_preset``) with a ``small``
+configuration is run through these checks automatically: one training step reaches every
+parameter, and the streaming API (``observe`` in chunks, ``forecast``, ``generate`` and
+its state) computes exactly what one pass over all frames computes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+import stpl
+from stpl.registry import preset
+
+NAMES = stpl.list_models()
+
+
+def small(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    entry = preset(name)
+    torch.manual_seed(0)
+    return stpl.get_model(name, **entry.small), entry.frame_shape
+
+
+def video(shape: tuple[int, int, int], b: int, t: int, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, *shape, generator=gen)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_trains_one_step(name):
+    model, shape = small(name)
+    model.train()
+    frames = video(shape, 2, 5)
+    out = model(frames, context=2, mask=torch.ones(2, 3))
+    assert out.predictions.shape == (2, 4, *shape)
+    loss = F.mse_loss(out.predictions, frames[:, 1:])
+    if out.decouple_loss is not None:
+        loss = loss + 0.1 * out.decouple_loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        assert p.grad is not None, f"{n} is unused"
+        assert torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, f"{n} has a zero gradient"
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    for n, p in model.named_parameters():
+        assert not torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("batch", "chunks"), [(1, (1, 1, 1, 1, 1)), (2, (2, 3)), (3, (4, 1))])
+def test_observe_in_chunks_then_forecast_equals_generate(name, batch, chunks):
+    model, shape = small(name)
+    model.eval()
+    frames = video(shape, batch, sum(chunks))
+    horizon = 4
+    expected = model.generate(frames, horizon)
+    state = None
+    start = 0
+    for size in chunks:
+        state = model.observe(frames[:, start : start + size], state)
+        start += size
+    assert isinstance(state, stpl.StreamState)
+    forecast = model.forecast(state, horizon)
+    assert forecast.shape == (batch, horizon, *shape)
+    assert_close(forecast, expected.predictions, atol=1e-5, rtol=1e-5)
+    # forecasting leaves the state as it was: a second forecast is the same
+    assert_close(model.forecast(state, horizon), forecast, atol=0, rtol=0)
+    # generate's own forward pass agrees with the teacher-forced forward over the context
+    out = model(torch.cat([frames, expected.predictions[:, :1]], 1))
+    assert_close(out.predictions[:, -1], expected.predictions[:, 0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_state_is_the_state_after_reading_its_own_predictions(name):
+    model, shape = small(name)
+    model.eval()
+    frames = video(shape, 2, 3)
+    gen = model.generate(frames, 3)
+    reread = model.observe(torch.cat([frames, gen.predictions[:, :-1]], 1))
+    assert_close(gen.state.pending, gen.predictions[:, -1])
+    assert_close(reread.pending, gen.state.pending, atol=1e-5, rtol=1e-5)
+    assert_close(model.forecast(gen.state, 3), model.forecast(reread, 3), atol=1e-5, rtol=1e-5)
+    # a later generate from that state continues with the frames from the last predicted one
+    more = video(shape, 2, 2, seed=7)
+    assert_close(
+        model.generate(more, 2, state=gen.state).predictions,
+        model.generate(torch.cat([frames, gen.predictions[:, :-1], more], 1), 2).predictions,
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_state_continues_with_the_frame_after_the_last_one_read(name):
+    model, shape = small(name)
+    model.eval()
+    frames = video(shape, 2, 7)
+    full = model(frames)
+    first = model(frames[:, :4])  # reads frames 0..2, frame 3 is a target only
+    second = model(frames[:, 3:], state=first.state)
+    assert_close(
+        torch.cat([first.predictions, second.predictions], 1),
+        full.predictions,
+        atol=1e-5,
+        rtol=1e-5,
+    )
