@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 from torch.utils.checkpoint import checkpoint
 
 from stpl._validation import check_int, check_positive_int
@@ -132,6 +133,29 @@ class RecurrentPredictor(nn.Module):
     def _reduce_aux(self, total: Tensor, steps: int) -> Tensor:
         """The auxiliary term of ``forward`` from the sum of the steps' terms."""
         return total / steps
+
+    def initial_state(self, frames: Tensor) -> Any:
+        """The state before any frame (what ``state=None`` means), built like ``frames``.
+
+        Args:
+            frames: ``(B, C, H, W)`` or ``(B, T, C, H, W)``; only their batch size, frame
+                size, dtype and device are used.
+
+        The default runs one step from ``None`` on a zero frame and zeros every tensor of
+        the resulting state; a model whose initial state is not all zeros overrides it.
+        """
+        frame = self._example_frame(frames)
+        with torch.no_grad():
+            out = self._step_impl(self._frame_to_step(torch.zeros_like(frame)), None, None)
+        return tree_map(lambda t: torch.zeros_like(t) if isinstance(t, Tensor) else t, out.state)
+
+    def _example_frame(self, frames: object) -> Tensor:
+        if not isinstance(frames, Tensor) or frames.dim() not in (4, 5):
+            got = tuple(frames.shape) if isinstance(frames, Tensor) else type(frames).__name__
+            raise ValueError(f"frames must be (B, C, H, W) or (B, T, C, H, W); got {got}")
+        frame = frames if frames.dim() == 4 else frames[:, 0]
+        self._check_frames("frames", frame.unsqueeze(1), self.in_channels)
+        return frame
 
     # ---------------------------------------------------------------- checks
     def _check_frames(self, name: str, frames: object, channels: int, min_t: int = 1) -> Tensor:

@@ -221,6 +221,21 @@ class EncoderStackDecoder(RecurrentPredictor):
         """Re-initialise every parameter (encoder, cells, decoder, adapter)."""
         reset_module_parameters(self)
 
+    def initial_state(self, frames: Tensor) -> list[LayerState]:
+        """The per-layer zero states for frames like ``frames`` ((B, C, H, W) or (B, T, ...)).
+
+        Each cell's ``initial_state`` on a zero map of its input width at the patch grid
+        (``H/p x W/p``): passing it as ``state=`` computes exactly what ``state=None`` does.
+        """
+        x = self._frame_to_step(self._example_frame(frames))
+        b, _, h, w = x.shape
+        widths = [self.hidden_channels[0] if self.encoder is not None else x.shape[1]]
+        widths += list(self.hidden_channels[:-1])
+        return [
+            cell.initial_state(x.new_zeros(b, c_in, h, w))  # type: ignore[operator]
+            for cell, c_in in zip(self.cells, widths, strict=True)
+        ]
+
     # ------------------------------------------------------------------ hooks
     def _to_steps(self, frames: Tensor) -> Tensor:
         return patchify(frames, self.patch_size, self.patch_order)
