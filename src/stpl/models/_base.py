@@ -20,18 +20,52 @@ another representation than frames (patches, tokens), :meth:`~RecurrentPredictor
 
 from __future__ import annotations
 
+import inspect
+import types
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.checkpoint import checkpoint
 
 from stpl._validation import check_int, check_positive_int
 from stpl.cells._toolkit import autocast_enabled
 
 __all__ = ["Generation", "PredictorOutput", "RecurrentPredictor", "StepOutput", "StreamState"]
+
+
+_COMPILE_PARAMS = frozenset(inspect.signature(torch.compile).parameters)
+_RECOMPILE_LIMIT = 16
+"""Graphs one model's compiled step may hold: per grad mode, the first step (no state yet),
+teacher-forced steps and fed-back steps differ in what needs a gradient; batch 1 is its own
+graph; autocast and eval mode add theirs."""
+
+
+def _compiled_step_body(
+    model: RecurrentPredictor, x: Tensor, state: Any, action: Tensor | None
+) -> StepOutput:
+    """What :meth:`RecurrentPredictor.compile_step` compiles: the model's ``_step_impl``.
+
+    Inside a compiled graph the check below is traced away; when dynamo falls back to
+    running this function eagerly, it warns.
+    """
+    if not torch.compiler.is_compiling():
+        model._warn_eager_step()
+    return model._step_impl(x, state, action)
+
+
+def _fresh_copy(fn: Callable[..., Any]) -> types.FunctionType:
+    """A copy of ``fn`` with its own code object: dynamo keeps one compile cache per code
+    object, so every compiled model gets its own (older torch has no ``isolate_recompiles``)."""
+    assert isinstance(fn, types.FunctionType)
+    code = fn.__code__.replace()
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__
+    copy.__doc__ = fn.__doc__
+    return copy
 
 
 class PredictorOutput(NamedTuple):
@@ -240,35 +274,67 @@ class RecurrentPredictor(nn.Module):
         return mask
 
     # ---------------------------------------------------------------- one step
-    def compile_step(self, enable: bool = True, **compile_kwargs: Any) -> RecurrentPredictor:
+    def compile_step(
+        self, enable: bool = True, *, dynamic_batch: bool = True, **compile_kwargs: Any
+    ) -> RecurrentPredictor:
         """Compile one recurrent step with ``torch.compile``; the loop over time stays eager.
 
         ``torch.compile(model)`` unrolls the loop over T frames into one graph, which can take
-        many minutes to compile. This compiles the step instead: one small graph per step
-        signature (zero state at t=0, carried state after), reused at every step of
-        ``forward``, ``observe``, ``forecast``, ``generate`` and activation checkpointing.
-        Returns ``self``; the parameters and ``state_dict`` are unchanged. The compiled
-        graphs of all models in a process live in one dynamo cache (limit
-        ``torch._dynamo.config.recompile_limit`` graphs, 8 by default); call
-        ``torch._dynamo.reset()`` between many unrelated models.
+        many minutes to compile. This compiles the step instead: one small graph, reused at
+        every step of ``forward``, ``observe``, ``forecast``, ``generate`` and activation
+        checkpointing. Returns ``self``; the parameters and ``state_dict`` are unchanged.
+
+        The common life of a model stays compiled: training, evaluation with a ragged last
+        batch, ``generate`` at other batch sizes, eval mode and ``torch.no_grad()`` (one
+        graph per kind of step and grad mode, with the batch dimension dynamic). Each model
+        has its own compile cache of up to 16 graphs (``recompile_limit=`` to change; torch
+        versions without per-call limits use ``torch._dynamo.config.recompile_limit``). If
+        dynamo still gives up and runs a step eagerly, a ``RuntimeWarning`` says so once.
 
         Args:
             enable: ``False`` drops a compiled step and goes back to eager.
+            dynamic_batch: mark the batch dimension of the step's inputs dynamic, so a new
+                batch size does not recompile (batch 1 gets its own specialised graph).
             **compile_kwargs: passed to ``torch.compile`` (e.g. ``mode``, ``backend``,
                 ``fullgraph``, ``options={"layout_optimization": False}``).
 
         Example:
             >>> model = get_model("predrnn").compile_step()
         """
-        self._compiled_step = (
-            torch.compile(type(self)._step_impl, **compile_kwargs) if enable else None
-        )
+        self._compiled_step = None
+        self._dynamic_batch = bool(dynamic_batch)
+        self._warned_eager = False
+        if enable:
+            kwargs = dict(compile_kwargs)
+            if "isolate_recompiles" in _COMPILE_PARAMS:
+                kwargs.setdefault("isolate_recompiles", True)
+            if "recompile_limit" in _COMPILE_PARAMS:
+                kwargs.setdefault("recompile_limit", _RECOMPILE_LIMIT)
+            self._compiled_step = torch.compile(_fresh_copy(_compiled_step_body), **kwargs)
         return self
+
+    def _warn_eager_step(self) -> None:
+        if not getattr(self, "_warned_eager", False):
+            self._warned_eager = True
+            warnings.warn(
+                f"{type(self).__name__}.compile_step: dynamo gave up on the compiled step "
+                "(recompile limit or an unsupported input) and runs it eagerly from now on; "
+                'run with TORCH_LOGS="recompiles" to see why',
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _step(self, x: Tensor, state: Any, action: Tensor | None) -> StepOutput:
         """One time step (compiled after :meth:`compile_step`); see :meth:`_step_impl`."""
         compiled = self._compiled_step
         if compiled is not None:
+            # a slice of a (B, T, ...) video has a batch stride that depends on T: copy it,
+            # so that clips of another length do not recompile
+            x = x.contiguous()
+            if getattr(self, "_dynamic_batch", True):
+                for t in (x, action, *tree_leaves(state)):
+                    if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] > 1:
+                        torch._dynamo.maybe_mark_dynamic(t, 0)
             out: StepOutput = compiled(self, x, state, action)
             return out
         return self._step_impl(x, state, action)
@@ -426,7 +492,12 @@ class RecurrentPredictor(nn.Module):
         pending = state.pending
         frame = pending.unsqueeze(1)
         self._check_frames("state.pending", frame, self.out_channels, min_t=1)
-        model_state = self._check_state(state.state, frame)
+        try:
+            model_state = self._check_state(state.state, frame)
+        except ValueError as error:
+            raise ValueError(
+                f"state.state does not fit state.pending of shape {tuple(pending.shape)}: {error}"
+            ) from None
         step_actions = self._future_actions(actions, pending, horizon - 1)
         preds, _ = self._rollout(model_state, self._frame_to_step(pending), horizon, step_actions)
         return preds

@@ -1,0 +1,130 @@
+"""``torch.compile`` readiness of every preset, proven on CPU.
+
+* The whole training forward (the loop over time unrolled, a mask as a tensor input) and
+  ``generate`` compile with ``fullgraph=True``: any host synchronisation (``.item()``,
+  Python branching on tensor values, data-dependent shapes) would be a graph break and fail
+  here. ``aot_eager`` proves the graph (forward and backward); the benchmarks use inductor.
+* ``compile_step`` keeps a model compiled through the life users give it (training,
+  evaluation with a ragged last batch, ``generate`` at other batch sizes, eval mode,
+  no-grad), and warns when dynamo gives up.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import stpl
+from stpl.registry import preset
+
+NAMES = stpl.list_models()
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def small(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    entry = preset(name)
+    torch.manual_seed(0)
+    return stpl.get_model(name, **entry.small), entry.frame_shape
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_training_forward_and_generate_compile_as_one_graph(name, fresh_dynamo):
+    model, shape = small(name)
+    gen = torch.Generator().manual_seed(2)
+    frames = torch.rand(2, 4, *shape, generator=gen)
+    every_step = getattr(model, "predicts_every_step", True)
+    kwargs = {"context": 1, "mask": torch.rand(2, 2, generator=gen)} if every_step else {}
+    if not every_step:
+        kwargs = {"context": 2}
+
+    def loss_of(fn):
+        model.zero_grad()
+        out = fn(frames, **kwargs)
+        predictions = out.predictions
+        if isinstance(predictions, (list, tuple, dict)):
+            predictions = predictions[0]
+        loss = predictions.square().mean()
+        aux = getattr(out, "decouple_loss", None)
+        if aux is not None:
+            loss = loss + aux
+        loss.backward()
+        return predictions.detach(), grads(model)
+
+    model.train()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    got, got_grads = loss_of(compiled)
+    want, want_grads = loss_of(model)
+    assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got_grads.keys() == want_grads.keys()
+    for key in want_grads:
+        assert_close(got_grads[key], want_grads[key], atol=1e-5, rtol=1e-5, msg=key)
+
+    model.eval()
+    generate = torch.compile(model.generate, backend="aot_eager", fullgraph=True)
+    assert_close(
+        generate(frames[:, :2], 3).predictions,
+        model.generate(frames[:, :2], 3).predictions,
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def _cache_entries(model: stpl.RecurrentPredictor) -> int:
+    fn = model._compiled_step
+    assert fn is not None
+    code = fn._torchdynamo_orig_callable.__code__  # type: ignore[attr-defined]
+    return len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code))
+
+
+@pytest.mark.slow
+def test_compile_step_stays_compiled_through_a_models_life(fresh_dynamo):
+    model = stpl.get_model("predrnn", **preset("predrnn").small)
+    model.compile_step(backend="aot_eager")
+    frames = torch.rand(4, 5, 1, 16, 16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*compile_step")
+        out = model(frames, context=2, mask=torch.ones(4, 3))  # train
+        out.predictions.mean().backward()
+        model.eval()
+        with torch.no_grad():
+            model(frames[:3], context=2)  # a ragged last evaluation batch
+            model(frames, context=2)
+        for b in (1, 2, 5, 7):  # generate at other batch sizes
+            model.generate(torch.rand(b, 2, 1, 16, 16), 3)
+        model.train()
+        model(frames[:2], context=2).predictions.mean().backward()
+    # the whole life fits in the model's own cache, far from the limit of 16
+    assert _cache_entries(model) <= 10
+    # a second model has its own cache
+    other = stpl.get_model("predrnn", **preset("predrnn").small).compile_step(backend="aot_eager")
+    other.eval()
+    other.generate(torch.rand(2, 2, 1, 16, 16), 2)
+    assert _cache_entries(other) <= 2
+
+
+@pytest.mark.slow
+def test_compile_step_warns_when_dynamo_runs_the_step_eagerly(fresh_dynamo):
+    model = stpl.get_model("convlstm", **preset("convlstm").small)
+    model.compile_step(backend="aot_eager", recompile_limit=1)
+    frames = torch.rand(2, 4, 1, 16, 16)
+    with pytest.warns(RuntimeWarning, match="runs it eagerly"):
+        model(frames)  # the first step has no state, the next ones do: a second graph
+    expected = model.compile_step(False)(frames).predictions
+    model.compile_step(backend="aot_eager", recompile_limit=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_close(model(frames).predictions, expected)  # eager fallback: same numbers
