@@ -22,6 +22,17 @@ from torch import Tensor
 
 from stpl._validation import check_positive_int
 
+__all__ = [
+    "PATCH_ORDERS",
+    "PatchOrder",
+    "check_divisible",
+    "check_patch_order",
+    "check_patch_size",
+    "patch_permutation",
+    "patchify",
+    "unpatchify",
+]
+
 PatchOrder = Literal["predrnn", "modernn", "pixel_shuffle"]
 """Channel order inside a patch: ``"predrnn"``, ``"modernn"`` or ``"pixel_shuffle"``."""
 

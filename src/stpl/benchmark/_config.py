@@ -8,6 +8,17 @@ from typing import Any, Literal
 
 from stpl.registry import list_models
 
+__all__ = [
+    "CELL_NAMES",
+    "DTYPES",
+    "MODES",
+    "BenchConfig",
+    "Mode",
+    "build_parser",
+    "config_from_args",
+    "parse_option",
+]
+
 Mode = Literal["forward", "train", "rollout"]
 """What one timed step runs: inference forward, forward + backward, or ``generate``."""
 

@@ -16,6 +16,21 @@ from torch.utils._pytree import tree_map
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
+__all__ = [
+    "ConvRecorder",
+    "ConvReplay",
+    "Step",
+    "Timing",
+    "count_flops",
+    "first_call_seconds",
+    "machine_info",
+    "peak_memory_bytes",
+    "record_convolutions",
+    "synchronize",
+    "time_interleaved",
+    "time_step",
+]
+
 Step = Callable[[], Any]
 
 

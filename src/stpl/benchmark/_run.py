@@ -19,6 +19,11 @@ from stpl.benchmark._measure import (
 )
 from stpl.benchmark._workload import build_workload
 
+__all__ = [
+    "format_result",
+    "run_benchmark",
+]
+
 
 def _dynamo_counters() -> tuple[int, int]:
     """(graph breaks, unique graphs) counted by dynamo so far."""

@@ -16,6 +16,17 @@ from stpl.cells import ConvLSTMCell, DetailContextBlock, MoDeRNNCell, STLSTMCell
 from stpl.models import EncoderStackDecoder
 from stpl.registry import get_model
 
+__all__ = [
+    "CellStack",
+    "Step",
+    "Workload",
+    "autocast_context",
+    "build_module",
+    "build_workload",
+    "compile_kwargs",
+    "make_inputs",
+]
+
 Step = Callable[[], Any]
 """A zero-argument closure that runs one timed step."""
 

@@ -6,6 +6,11 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+__all__ = [
+    "LSTMState",
+    "STLSTMState",
+]
+
 
 class LSTMState(NamedTuple):
     """State of a ConvLSTM-type cell (:class:`ConvLSTMCell`, :class:`MoDeRNNCell`).

@@ -25,6 +25,10 @@ from stpl.cells._toolkit import (
     zeros_like_map,
 )
 
+__all__ = [
+    "ConvLSTMCell",
+]
+
 _GATES = "ifgo"
 
 

@@ -27,6 +27,13 @@ from stpl.cells._toolkit import (
     zeros_like_map,
 )
 
+__all__ = [
+    "DCBOutput",
+    "DetailContextBlock",
+    "MoDeRNNCell",
+    "MoDeRNNOutput",
+]
+
 
 class DCBOutput(NamedTuple):
     """What :meth:`DetailContextBlock.forward_with_attention` returns.

@@ -25,6 +25,11 @@ from stpl.cells._toolkit import (
     zeros_like_map,
 )
 
+__all__ = [
+    "STLSTMCell",
+    "STLSTMOutput",
+]
+
 
 class STLSTMOutput(NamedTuple):
     """What :meth:`STLSTMCell.forward_with_increments` returns.

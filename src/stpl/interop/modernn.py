@@ -28,6 +28,12 @@ from stpl.interop.predrnn import permute_patch_channels
 from stpl.models import EncoderStackDecoder
 from stpl.patching import PatchOrder, check_patch_order
 
+__all__ = [
+    "StateDict",
+    "convert_cell",
+    "convert_model",
+]
+
 StateDict = Mapping[str, Tensor]
 
 _BRANCH = re.compile(r"^conv(33|55|77)_([XH])\.(.*)$")

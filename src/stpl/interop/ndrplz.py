@@ -10,6 +10,11 @@ from torch import Tensor, nn
 from stpl.cells import ConvLSTMCell
 from stpl.interop._common import CellSource, load_checked, need, register_cell_source
 
+__all__ = [
+    "StateDict",
+    "convert_ndrplz_cell",
+]
+
 StateDict = Mapping[str, Tensor]
 
 

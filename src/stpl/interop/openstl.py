@@ -30,6 +30,10 @@ from stpl.interop._common import (
 )
 from stpl.interop.predrnn import _stlstm_key, stack_source
 
+__all__ = [
+    "StateDict",
+]
+
 StateDict = Mapping[str, Tensor]
 
 

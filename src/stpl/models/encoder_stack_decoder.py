@@ -181,7 +181,11 @@ class EncoderStackDecoder(RecurrentPredictor):
                 raise ValueError(f"unknown cell {cell!r}; known cells: {sorted(CELLS)}")
             cls = CELLS[cell]
             accepted = set(cell_options(cls)) - {"device", "dtype"}
-            check_options(f"EncoderStackDecoder(cell={cell!r})", options, accepted)
+            own = set(inspect.signature(EncoderStackDecoder.__init__).parameters) - {
+                "self",
+                "cell_options",
+            }
+            check_options(f"EncoderStackDecoder(cell={cell!r})", options, accepted | own)
             kernel = self.kernel_size
             if self.action_channels is not None:
                 if "action_channels" not in accepted:
