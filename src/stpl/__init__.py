@@ -1,6 +1,6 @@
 """stpl: spatiotemporal recurrent cells for video prediction, exact to the papers' code."""
 
-from stpl import data, interop, metrics, models, training
+from stpl import data, export, interop, metrics, models, training
 from stpl.cells import (
     CELLS,
     ConvLSTMCell,
@@ -54,6 +54,7 @@ __all__ = [
     "StreamState",
     "__version__",
     "data",
+    "export",
     "get_model",
     "interop",
     "list_models",
