@@ -92,7 +92,9 @@ def test_meta_build_then_reset_parameters_matches_a_normal_build(name):
     # and the model built on meta runs like any other
     shape = preset(name).frame_shape
     out = meta(torch.rand(1, 3, *shape))
-    predictions = out.predictions[0] if isinstance(out.predictions, (list, tuple)) else out.predictions
+    predictions = out.predictions
+    if isinstance(predictions, (list, tuple)):
+        predictions = predictions[0]
     assert torch.isfinite(predictions).all()
 
 
@@ -189,7 +191,7 @@ def test_a_custom_cell_follows_the_protocol_and_stacks():
     # a two-argument factory still works
     two = stpl.EncoderStackDecoder(lambda i, h: TinyGRU(i, h), hidden_channels=4, num_layers=2)
     assert all(isinstance(c, TinyGRU) for c in two.cells)
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         stpl.EncoderStackDecoder(lambda i, h: "not a cell", hidden_channels=4, num_layers=1)
 
 
