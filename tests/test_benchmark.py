@@ -167,3 +167,21 @@ def test_inductor_options() -> None:
     }
     with pytest.raises(ValueError, match="inductor_options need compile_backend='inductor'"):
         BenchConfig(compile=True, compile_backend="eager", inductor_options=(("x", 1),))
+
+
+@pytest.mark.slow
+def test_stream_mode_times_eager_compiled_and_exported(capsys):
+    assert (
+        main(["--model", "convlstm", *TINY, "--mode", "stream", "--compile-backend", "aot_eager",
+              "--json"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["horizon"] == 2 and result["context"] == 2
+    for name in ("eager", "compiled", "exported"):
+        v = result["variants"][name]
+        assert v["per_observed_frame_s"] > 0 and v["per_forecast_frame_s"] > 0
+        assert v["observe"]["runs"] == 2
+    assert result["speedup"]["eager"] == {"observe": 1.0, "forecast": 1.0}
+    with pytest.raises(ValueError, match="stream"):
+        BenchConfig(model=None, cell="convlstm", mode="stream")

@@ -14,6 +14,7 @@ Example:
 
 from stpl.benchmark._config import CELL_NAMES, BenchConfig, build_parser, config_from_args
 from stpl.benchmark._run import format_result, run_benchmark
+from stpl.benchmark._stream import format_stream_result, run_stream_benchmark
 
 __all__ = [
     "CELL_NAMES",
@@ -21,5 +22,7 @@ __all__ = [
     "build_parser",
     "config_from_args",
     "format_result",
+    "format_stream_result",
     "run_benchmark",
+    "run_stream_benchmark",
 ]

@@ -7,6 +7,9 @@ import sys
 
 from stpl.benchmark._config import build_parser, config_from_args
 from stpl.benchmark._run import format_result, run_benchmark
+from stpl.benchmark._stream import format_stream_result, run_stream_benchmark
+
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"stpl-bench: error: {err}", file=sys.stderr)
         return 2
-    result = run_benchmark(config)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if config.mode == "stream":
+        result = run_stream_benchmark(config)
+        text = format_stream_result(result)
     else:
-        print(format_result(result))
+        result = run_benchmark(config)
+        text = format_result(result)
+    print(json.dumps(result, indent=2) if args.json else text)
     return 0
 
 
