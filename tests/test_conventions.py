@@ -211,3 +211,15 @@ def test_every_module_declares_all(module_name):
     assert hasattr(module, "__all__"), f"{module_name} has no __all__"
     for name in module.__all__:
         assert hasattr(module, name), f"{module_name}.__all__ lists missing {name!r}"
+
+
+def test_declared_torch_minimum_matches_the_import_check():
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'"torch>=(\d+)\.(\d+)"', pyproject)
+    assert declared is not None
+    assert (int(declared[1]), int(declared[2])) == stpl.MIN_TORCH
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"torch >= {stpl.MIN_TORCH[0]}.{stpl.MIN_TORCH[1]}" in readme

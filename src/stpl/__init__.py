@@ -1,6 +1,7 @@
 """stpl: spatiotemporal recurrent cells for video prediction, exact to the papers' code."""
 
 from stpl import data, export, interop, metrics, models, training
+from stpl._requirements import MIN_TORCH  # first: fails clearly on a too old torch
 from stpl.cells import (
     CELLS,
     ConvLSTMCell,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CELLS",
+    "MIN_TORCH",
     "PRESETS",
     "ConvLSTMCell",
     "DCBOutput",

@@ -43,23 +43,13 @@ Norm = Literal["layer"] | None
 
 _NORMS = (None, "layer")
 
-_AUTOCAST_TAKES_DEVICE = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (
-    2,
-    4,
-)
-
-
 def autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type``, on every supported torch version.
+    """Whether autocast is on for ``device_type`` (``"cpu"``, ``"cuda"``, ...).
 
-    ``torch.is_autocast_enabled(device_type)`` exists from torch 2.4; before that, CPU
-    autocast has its own query and the argument-free form means CUDA.
+    ``torch.is_autocast_enabled(device_type)`` exists from torch 2.4, the minimum stpl
+    declares (``pyproject.toml``); this is the one place that asks.
     """
-    if _AUTOCAST_TAKES_DEVICE:
-        return bool(torch.is_autocast_enabled(device_type))
-    if device_type == "cpu":
-        return bool(torch.is_autocast_cpu_enabled())
-    return bool(torch.is_autocast_enabled())
+    return bool(torch.is_autocast_enabled(device_type))
 
 
 def check_norm(norm: object) -> Norm:

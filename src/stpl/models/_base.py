@@ -216,7 +216,9 @@ class RecurrentPredictor(nn.Module):
         return frames
 
     def _check_dtype(self, name: str, frames: Tensor) -> None:
-        param = next(self.parameters(), None)
+        param: Tensor | None = None
+        for param in self.parameters():  # noqa: B007  (the first one; older dynamo has no next(it, d))
+            break
         if param is None or param.dtype == frames.dtype or not param.is_floating_point():
             return
         if autocast_enabled(frames.device.type):

@@ -43,8 +43,8 @@ def _takes_layer(factory: Callable[..., Any]) -> bool:
 
 def _with_memory(state: Any, memory: Tensor) -> Any:
     """``state`` with its zigzag memory (field ``m``, third position) replaced."""
-    if hasattr(state, "_replace"):
-        return state._replace(m=memory)
+    if hasattr(state, "_fields"):  # a NamedTuple (built positionally: older dynamo
+        return type(state)(*state[:2], memory, *state[3:])  # cannot trace _replace)
     return (*state[:2], memory, *state[3:])
 
 
