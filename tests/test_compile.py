@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -128,3 +129,67 @@ def test_compile_step_warns_when_dynamo_runs_the_step_eagerly(fresh_dynamo):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert_close(model(frames).predictions, expected)  # eager fallback: same numbers
+
+
+def _weight_casts(graph: torch.fx.Graph) -> int:
+    """Casts of float32 4-D graph inputs of static shape (convolution weights; activations
+    have a dynamic batch dimension) to another dtype."""
+    casts = 0
+    for node in graph.nodes:
+        if node.op != "call_function" or "to_copy" not in str(node.target) or not node.args:
+            continue
+        src = node.args[0]
+        val = getattr(src, "meta", {}).get("val")
+        if (
+            getattr(src, "op", None) == "placeholder"
+            and isinstance(val, torch.Tensor)
+            and val.dim() == 4
+            and val.dtype == torch.float32
+            and all(isinstance(d, int) for d in val.shape)
+        ):
+            casts += 1
+    return casts
+
+
+@pytest.mark.slow
+def test_compiled_bf16_step_casts_weights_once_per_call(fresh_dynamo):
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(gm: torch.fx.GraphModule, _inputs: object) -> object:
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    model = stpl.get_model("predrnn", **preset("predrnn").small)
+    frames = torch.rand(2, 5, 1, 16, 16)
+
+    def run(m: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(frames, context=2)
+        out.predictions.float().square().mean().backward()
+        return out.predictions.float(), grads(m)
+
+    want, want_grads = run(model)
+    # the test's own check: without the cast-once path, the graph casts every weight
+    model.compile_step(backend=aot_autograd(fw_compiler=capture))
+    model._weights_cast_once = lambda like: contextlib.nullcontext()  # type: ignore[method-assign]
+    run(model)
+    assert any(_weight_casts(g.graph) > 0 for g in graphs)
+    del model._weights_cast_once
+    torch._dynamo.reset()
+    graphs.clear()
+    model.compile_step(backend=aot_autograd(fw_compiler=capture))
+    got, got_grads = run(model)
+    # inside every compiled step graph, no convolution weight is cast: the casts happened
+    # once, before the loop, and the bf16 copies came in as inputs
+    assert graphs and all(_weight_casts(g.graph) == 0 for g in graphs)
+    assert_close(got, want, atol=2e-2, rtol=2e-2)
+    assert got_grads.keys() == want_grads.keys()  # gradients reach the float32 masters
+    for key, g in got_grads.items():
+        assert g.dtype == torch.float32
+        assert_close(g, want_grads[key], atol=2e-2, rtol=5e-2, msg=key)
+    # without autocast nothing is cast
+    assert model.__dict__.get("_cast_params") is None

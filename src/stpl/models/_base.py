@@ -20,10 +20,11 @@ another representation than frames (patches, tokens), :meth:`~RecurrentPredictor
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -44,17 +45,54 @@ teacher-forced steps and fed-back steps differ in what needs a gradient; batch 1
 graph; autocast and eval mode add theirs."""
 
 
+_CAST_ONCE = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
+"""Layers whose weight and bias autocast runs in the low precision: their casts are done
+once per call of ``forward`` / ``generate`` / ... for a compiled step (see
+:meth:`RecurrentPredictor._weights_cast_once`). Norm and elementwise parameters stay float32,
+as autocast keeps them."""
+
+
+class _StepAdapter(nn.Module):
+    """``forward = model._step_impl``, so ``functional_call`` can swap the model's weights."""
+
+    def __init__(self, model: RecurrentPredictor) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, state: Any, action: Tensor | None) -> StepOutput:
+        return self.model._step_impl(x, state, action)
+
+
 def _compiled_step_body(
-    model: RecurrentPredictor, x: Tensor, state: Any, action: Tensor | None
+    adapter: _StepAdapter,
+    params: dict[str, Tensor],
+    x: Tensor,
+    state: Any,
+    action: Tensor | None,
 ) -> StepOutput:
-    """What :meth:`RecurrentPredictor.compile_step` compiles: the model's ``_step_impl``.
+    """What :meth:`RecurrentPredictor.compile_step` compiles: the model's ``_step_impl``,
+    with the weights in ``params`` (low-precision copies under autocast) swapped in.
 
     Inside a compiled graph the check below is traced away; when dynamo falls back to
     running this function eagerly, it warns.
     """
     if not torch.compiler.is_compiling():
-        model._warn_eager_step()
-    return model._step_impl(x, state, action)
+        adapter.model._warn_eager_step()
+    if not params:
+        plain: StepOutput = adapter(x, state, action)
+        return plain
+    out: StepOutput = torch.func.functional_call(
+        adapter, params, (x, state, action), strict=False
+    )
+    return out
 
 
 def _fresh_copy(fn: Callable[..., Any]) -> types.FunctionType:
@@ -337,9 +375,45 @@ class RecurrentPredictor(nn.Module):
                 for t in (x, action, *tree_leaves(state)):
                     if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] > 1:
                         torch._dynamo.maybe_mark_dynamic(t, 0)
-            out: StepOutput = compiled(self, x, state, action)
+            params = self.__dict__.get("_cast_params") or {}
+            out: StepOutput = compiled(self._adapter(), params, x, state, action)
             return out
         return self._step_impl(x, state, action)
+
+    def _adapter(self) -> _StepAdapter:
+        # kept out of the module tree (no cycle in state_dict / named_modules)
+        adapter = self.__dict__.get("_step_adapter")
+        if adapter is None or adapter.model is not self:
+            adapter = _StepAdapter(self)
+            self.__dict__["_step_adapter"] = adapter
+        return adapter
+
+    @contextlib.contextmanager
+    def _weights_cast_once(self, like: Tensor) -> Iterator[None]:
+        """Under autocast, cast the convolution / linear weights once for this call.
+
+        A compiled step would otherwise cast every weight again at every recurrent step
+        (eager autocast caches its casts for the whole region; a compiled graph does not).
+        The copies are made with ``Tensor.to``, so gradients still reach the float32 master
+        weights. Only active with :meth:`compile_step` under ``torch.autocast``.
+        """
+        device_type = like.device.type
+        if self._compiled_step is None or not autocast_enabled(device_type):
+            yield
+            return
+        dtype = torch.get_autocast_dtype(device_type)
+        params: dict[str, Tensor] = {}
+        for name, module in self.named_modules():
+            if isinstance(module, _CAST_ONCE):
+                for pname, p in module.named_parameters(recurse=False):
+                    if p.is_floating_point() and p.dtype != dtype:
+                        prefix = f"model.{name}." if name else "model."
+                        params[prefix + pname] = p.to(dtype)
+        self.__dict__["_cast_params"] = params
+        try:
+            yield
+        finally:
+            self.__dict__["_cast_params"] = None
 
     def _run_step(self, x: Tensor, state: Any, action: Tensor | None) -> StepOutput:
         if self.checkpoint_steps and torch.is_grad_enabled():
@@ -398,19 +472,20 @@ class RecurrentPredictor(nn.Module):
         outputs: list[Tensor] = []
         aux: Tensor | None = None
         pred: Tensor | None = None
-        for t in range(steps):
-            x = inputs[:, t]
-            if t >= context and pred is not None:
-                if step_mask is None:
-                    x = pred
-                else:
-                    m = step_mask[:, t - 1]
-                    x = m * x + (1 - m) * pred
-            action = None if step_actions is None else step_actions[:, t]
-            pred, model_state, term = self._run_step(x, model_state, action)
-            outputs.append(pred)
-            if term is not None:
-                aux = term if aux is None else aux + term
+        with self._weights_cast_once(frames):
+            for t in range(steps):
+                x = inputs[:, t]
+                if t >= context and pred is not None:
+                    if step_mask is None:
+                        x = pred
+                    else:
+                        m = step_mask[:, t - 1]
+                        x = m * x + (1 - m) * pred
+                action = None if step_actions is None else step_actions[:, t]
+                pred, model_state, term = self._run_step(x, model_state, action)
+                outputs.append(pred)
+                if term is not None:
+                    aux = term if aux is None else aux + term
         predictions = self._from_steps(torch.stack(outputs, dim=1))
         if aux is not None:
             aux = self._reduce_aux(aux, steps)
@@ -466,7 +541,8 @@ class RecurrentPredictor(nn.Module):
         """
         frames = self._check_frames("frames", frames, self.in_channels, min_t=1)
         model_state = self._unwrap_state(state, frames)
-        model_state, pred = self._observe(frames, model_state, actions)
+        with self._weights_cast_once(frames):
+            model_state, pred = self._observe(frames, model_state, actions)
         return StreamState(model_state, self._step_to_frame(pred))
 
     @torch.no_grad()
@@ -501,7 +577,10 @@ class RecurrentPredictor(nn.Module):
                 f"state.state does not fit state.pending of shape {tuple(pending.shape)}: {error}"
             ) from None
         step_actions = self._future_actions(actions, pending, horizon - 1)
-        preds, _ = self._rollout(model_state, self._frame_to_step(pending), horizon, step_actions)
+        with self._weights_cast_once(pending):
+            preds, _ = self._rollout(
+                model_state, self._frame_to_step(pending), horizon, step_actions
+            )
         return preds
 
     @torch.no_grad()
@@ -539,10 +618,11 @@ class RecurrentPredictor(nn.Module):
         ctx_actions = None if step_actions is None else step_actions[:, :t_c]
         inputs = self._to_steps(frames)
         pred: Tensor | None = None
-        for t in range(t_c):
-            action = None if ctx_actions is None else ctx_actions[:, t]
-            pred, model_state, _ = self._step(inputs[:, t], model_state, action)
-        assert pred is not None
         future = None if step_actions is None else step_actions[:, t_c:]
-        predictions, model_state = self._rollout(model_state, pred, horizon, future)
+        with self._weights_cast_once(frames):
+            for t in range(t_c):
+                action = None if ctx_actions is None else ctx_actions[:, t]
+                pred, model_state, _ = self._step(inputs[:, t], model_state, action)
+            assert pred is not None
+            predictions, model_state = self._rollout(model_state, pred, horizon, future)
         return Generation(predictions, StreamState(model_state, predictions[:, -1]))
