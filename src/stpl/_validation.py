@@ -45,12 +45,8 @@ def check_int(
     Python and NumPy integers are accepted (``np.int64(3)`` is 3); ``bool`` and floats
     (even ``3.0``) are not.
     """
-    if (
-        not _is_int(value)
-        or (minimum is not None and value < minimum)
-        or (  # type: ignore[operator]
-            maximum is not None and value > maximum  # type: ignore[operator]
-        )
+    if not _is_int(value) or (minimum is not None and value < minimum) or (  # type: ignore[operator]
+        maximum is not None and value > maximum  # type: ignore[operator]
     ):
         if minimum is not None and maximum is not None:
             want = f"an int in [{minimum}, {maximum}]"

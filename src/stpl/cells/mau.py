@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -164,16 +164,16 @@ class MAUCell(nn.Module):
         bias = check_bool("bias", bias)
         nh = self.hidden_channels
         k = self.kernel_size
-        opts = {
+        opts: dict[str, Any] = {
             "bias": bias,
             "norm": "layer",
             "spatial_size": self.spatial_size,
             **factory_kwargs(device, dtype),
         }
-        self.conv_t = GateConv(nh, 3 * nh, k, **opts)  # type: ignore[arg-type]
-        self.conv_t_next = GateConv(nh, nh, k, **opts)  # type: ignore[arg-type]
-        self.conv_s = GateConv(nh, 3 * nh, k, **opts)  # type: ignore[arg-type]
-        self.conv_s_next = GateConv(nh, nh, k, **opts)  # type: ignore[arg-type]
+        self.conv_t = GateConv(nh, 3 * nh, k, **opts)
+        self.conv_t_next = GateConv(nh, nh, k, **opts)
+        self.conv_s = GateConv(nh, 3 * nh, k, **opts)
+        self.conv_s_next = GateConv(nh, nh, k, **opts)
 
     def reset_parameters(self) -> None:
         """Convolutions as ``nn.Conv2d``, norms weight 1 / bias 0."""

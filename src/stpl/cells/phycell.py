@@ -111,8 +111,8 @@ def kernel_from_moments(moments: Tensor) -> Tensor:
     """
     moments = _check_kernels("moments", moments)
     n, m = moments.shape[-2:]
-    rows = torch.linalg.inv(moment_basis(n, device=moments.device))
-    cols = torch.linalg.inv(moment_basis(m, device=moments.device))
+    rows: Tensor = torch.linalg.inv(moment_basis(n, device=moments.device))
+    cols: Tensor = torch.linalg.inv(moment_basis(m, device=moments.device))
     kernels = rows @ moments.to(torch.float64) @ cols.T
     return kernels.to(torch.promote_types(moments.dtype, torch.float32))
 

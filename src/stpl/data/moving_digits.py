@@ -52,6 +52,8 @@ class SequenceInfo(NamedTuple):
     velocities: NDArray[np.float64]
 
 
+
+
 def _as_digit_bank(digits: object, digit_size: int) -> NDArray[np.float32]:
     """``(N, S, S)`` uint8 (0..255) or floating (0..1) images -> float32 in [0, 1]."""
     arr = digits.detach().cpu().numpy() if isinstance(digits, Tensor) else np.asarray(digits)

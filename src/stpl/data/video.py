@@ -23,6 +23,8 @@ __all__ = ["FrameFolder", "VideoWindows"]
 PathLike = str | os.PathLike[str]
 
 
+
+
 def _window_counts(lengths: Sequence[int], window: int, stride: int) -> list[int]:
     return [(n - window) // stride + 1 if n >= window else 0 for n in lengths]
 

@@ -261,7 +261,7 @@ def convert_phydnet(
         if not rest.startswith("cell_list.0."):
             unexpected.append(f"phycell.{rest}")
             continue
-        module, _, leaf = rest[len("cell_list.0.") :].rpartition(".")
+        module, _sep, leaf = rest[len("cell_list.0.") :].rpartition(".")
         if module not in _PHYCELL_NAMES:
             unexpected.append(f"phycell.{rest}")
             continue

@@ -134,6 +134,7 @@ class MAU(RecurrentPredictor):
         self.kernel_size = check_kernel_size("kernel_size", kernel_size)
         self.tau = check_positive_int("tau", tau)
         self.model_mode: MAUModelMode = check_choice("model_mode", model_mode, ("normal", "recall"))
+        self.cell_mode: MAUCellMode = check_choice("cell_mode", cell_mode, ("normal", "residual"))
         self.sr_size = _check_sr_size(sr_size)
         self.spatial_size = check_spatial_size(spatial_size)
         self.patch_order = check_patch_order(patch_order)
@@ -157,7 +158,6 @@ class MAU(RecurrentPredictor):
             )
             for _ in range(layers)
         )
-        self.cell_mode: MAUCellMode = self.cells[0].cell_mode
         self.decoders = nn.ModuleList(
             nn.ConvTranspose2d(width, width, 3, stride=2, padding=1, output_padding=1, **factory)
             for _ in range(n)

@@ -30,6 +30,7 @@ LossReduction = Literal["mean", "sum", "modernn"]
 """How :func:`mse_l1_loss` reduces: ``"mean"``, ``"sum"`` or MoDeRNN's ``"modernn"``."""
 
 
+
 def _apply_adapter(x: Tensor, adapter: Adapter) -> Tensor:
     """``x: (M, C, H, W)`` -> ``(M, C', H, W)``."""
     if adapter is None:
