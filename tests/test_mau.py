@@ -547,3 +547,21 @@ def test_loader_errors(golden):
     # the net_param checkpoint wrapper is accepted
     model = load_reference("openstl_mau", {"net_param": sd}, patch_size=2, image_channels=1)
     assert isinstance(model, MAU)
+
+
+def test_benchmark_tool_runs_the_preset():
+    from stpl.benchmark import BenchConfig, run_benchmark
+
+    config = BenchConfig(
+        model="mau",
+        hidden=4,
+        layers=1,
+        image_size=16,
+        batch=1,
+        frames=3,
+        repeats=1,
+        memory=False,
+        isolated=False,
+    )
+    result = run_benchmark(config)
+    assert result["step"]["median_s"] > 0 and result["flops"] > 0

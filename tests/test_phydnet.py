@@ -430,3 +430,20 @@ def test_teacher_forced_mask_equals_context_t():
     assert_close(
         model(frames, context=context, mask=mask).predictions, model(frames, context=6).predictions
     )
+
+
+def test_benchmark_tool_runs_the_preset():
+    from stpl.benchmark import BenchConfig, run_benchmark
+
+    config = BenchConfig(
+        model="phydnet",
+        image_size=16,
+        batch=1,
+        frames=3,
+        repeats=1,
+        memory=False,
+        isolated=False,
+        mode="rollout",
+    )
+    result = run_benchmark(config)
+    assert result["step"]["median_s"] > 0 and result["stream_latency"]["median_s"] > 0
