@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.testing import assert_close
 
 import _plain
@@ -565,3 +567,25 @@ def test_benchmark_tool_runs_the_preset():
     )
     result = run_benchmark(config)
     assert result["step"]["median_s"] > 0 and result["flops"] > 0
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    c=st.integers(1, 3),
+    h=st.sampled_from([1, 3, 5]),
+    w=st.sampled_from([2, 4, 7]),
+    tau=st.integers(1, 4),
+    k=st.sampled_from([1, 3]),
+)
+def test_cell_shapes_and_window_rotation(b, c, h, w, tau, k):
+    cell = stpl.MAUCell(c, c, k, tau=tau)
+    xs = [torch.randn(b, c, h, w) for _ in range(tau + 1)]
+    state = None
+    for x in xs:
+        out, state = cell(x, state)
+        assert out.shape == (b, c, h, w) and torch.isfinite(out).all()
+    assert state.t_history.shape == state.s_history.shape == (b, tau, c, h, w)
+    # after tau + 1 steps the key window holds exactly the last tau inputs, oldest first
+    assert torch.equal(state.s_history, torch.stack(xs[1:], 1))
+    assert torch.equal(state.t_history[:, -1], state.t)
