@@ -292,6 +292,7 @@ def test_cell_extra_repr_and_registry():
     cell = stpl.MAUCell(4, 4, 3, tau=2, cell_mode="residual")
     assert "tau=2" in repr(cell) and "residual" in repr(cell)
     assert stpl.CELLS["mau"] is stpl.MAUCell
+    assert isinstance(cell, stpl.RecurrentCell) and cell.state_type is stpl.MAUState
     # a named cell in the generic stack (1x1 encoder to the hidden width)
     esd = stpl.EncoderStackDecoder(
         "mau",

@@ -169,6 +169,7 @@ def test_phycell_errors():
         moment_loss(torch.nn.Conv2d(1, 1, 1))
     assert "filters=9" in repr(cell)
     assert stpl.CELLS["phycell"] is stpl.PhyCell
+    assert isinstance(cell, stpl.RecurrentCell) and cell.state_type is stpl.PhyCellState
 
 
 # ------------------------------------------------------------------ moments
