@@ -36,11 +36,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
-PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn")
+PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn", "mau", "phydnet")
 CELLS = ("convlstm", "stlstm", "modernn", "dcb")
 DTYPES = ("float32", "bfloat16")
 NO_LAYOUT_OPT = ("modernn",)
 """Presets also compiled without inductor's channels_last layout optimization (see the doc)."""
+TWINS = ("mau", "phydnet")
+"""Presets timed against their reference model by benchmarks/twin_openstl_mau_phydnet.py."""
 
 
 def _runs() -> dict[str, list[tuple[str, list[str]]]]:
@@ -287,6 +289,30 @@ def render() -> str:
         *ro,
         "",
     ]
+    twins = []
+    for name in TWINS:
+        for mode in ("train", "forward"):
+            for dtype in DTYPES:
+                r = _load(f"twin-{name}-{dtype}-{mode}")
+                if r is None or "error" in r:
+                    continue
+                twins.append(
+                    f"| {name} | {r['reference']} | {mode} | {dtype} | "
+                    f"B={r['batch']}, T={r['frames']}, {r['image_size']}px | "
+                    f"{_ms(r['ours_median_s'])} | {_ms(r['reference_median_s'])} | "
+                    f"{r['ratio']:.2f}x | {r['max_abs_diff_predictions']:.1e} |"
+                )
+    if twins:
+        out += [
+            "### Against the reference models, same weights, taking turns "
+            "(`benchmarks/twin_openstl_mau_phydnet.py`)",
+            "",
+            "| preset | reference | step | dtype | size | ours ms | reference ms "
+            "| reference / ours | max abs diff |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *twins,
+            "",
+        ]
     batched = _load("batched-conv")
     if batched is not None:
         out += [

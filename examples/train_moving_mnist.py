@@ -163,6 +163,8 @@ def build_model(args: argparse.Namespace, channels: int) -> stpl.EncoderStackDec
     }
     if args.kernel is not None:
         overrides["kernel_size"] = args.kernel
+    if args.model == "phydnet":  # its own widths (latent 64, ConvLSTM 128-128-64); no --hidden
+        overrides = {"in_channels": channels, "image_size": args.image_size}
     return stpl.get_model(args.model, **overrides)
 
 
@@ -175,10 +177,19 @@ def build_schedule(args: argparse.Namespace) -> training.SamplingSchedule:
         )
     if args.model == "modernn":
         return training.LinearScheduledSampling(total_iters=args.steps)
+    if args.model == "phydnet":  # one coin per batch, ratio 1 - 0.003 * epoch: here 0 at half
+        return training.BatchTeacherForcing(rate=1.0 / half)
     return training.ScheduledSampling(rate=1.0 / half, stop_iter=half)
 
 
-def loss_fn(args: argparse.Namespace, out: stpl.PredictorOutput, clips: Tensor) -> Tensor:
+def loss_fn(
+    args: argparse.Namespace,
+    out: stpl.PredictorOutput,
+    clips: Tensor,
+    model: nn.Module | None = None,
+) -> Tensor:
+    if args.model == "phydnet":  # the paper's objective: Σ_t MSE_t + the moment loss
+        return training.phydnet_loss(out.predictions, clips, model)
     target = clips[:, 1:].to(out.predictions.dtype)
     if args.loss == "mse_l1":  # MoDeRNN's criterion "MSE&L1" (as a mean, to keep lr sane)
         return training.mse_l1_loss(out.predictions, target, reduction="mean")
@@ -417,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
             mask, context = sampling.mask(b, t_total, args.context, device=device, generator=gen)
             with autocast(args, device):
                 out_ = net(clips, context=context, mask=mask)
-                loss = loss_fn(args, out_, clips)
+                loss = loss_fn(args, out_, clips, model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

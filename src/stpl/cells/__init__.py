@@ -5,7 +5,9 @@ from stpl.cells._registry import CELLS, register_cell
 from stpl.cells._state import LSTMState, STLSTMState
 from stpl.cells._toolkit import GateConv, LayerNorm2d, Norm
 from stpl.cells.convlstm import ConvLSTMCell
+from stpl.cells.mau import MAUCell, MAUState
 from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeRNNOutput
+from stpl.cells.phycell import PhyCell, PhyCellState, moment_matrix
 from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
 
 __all__ = [
@@ -16,12 +18,17 @@ __all__ = [
     "GateConv",
     "LSTMState",
     "LayerNorm2d",
+    "MAUCell",
+    "MAUState",
     "MoDeRNNCell",
     "MoDeRNNOutput",
     "Norm",
+    "PhyCell",
+    "PhyCellState",
     "RecurrentCell",
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
+    "moment_matrix",
     "register_cell",
 ]

@@ -7,7 +7,9 @@ import inspect
 from torch import nn
 
 from stpl.cells.convlstm import ConvLSTMCell
+from stpl.cells.mau import MAUCell
 from stpl.cells.modernn import MoDeRNNCell
+from stpl.cells.phycell import PhyCell
 from stpl.cells.stlstm import STLSTMCell
 
 __all__ = ["CELLS", "cell_options", "register_cell"]
@@ -16,6 +18,8 @@ CELLS: dict[str, type[nn.Module]] = {
     "convlstm": ConvLSTMCell,
     "stlstm": STLSTMCell,
     "modernn": MoDeRNNCell,
+    "mau": MAUCell,
+    "phycell": PhyCell,
 }
 """Cells the models can build by name. Each is constructed as
 ``cls(in_channels, hidden_channels, kernel_size, **options)`` and follows

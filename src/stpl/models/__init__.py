@@ -8,12 +8,17 @@ from stpl.models._base import (
     StreamState,
 )
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
+from stpl.models.mau import MAU
+from stpl.models.phydnet import PhyDNet, PhyDNetState
 
 __all__ = [
+    "MAU",
     "CellFactory",
     "EncoderStackDecoder",
     "Generation",
     "LayerState",
+    "PhyDNet",
+    "PhyDNetState",
     "PredictorOutput",
     "RecurrentPredictor",
     "StepOutput",

@@ -36,6 +36,7 @@ from stpl.training.losses import (
     mse_l1_loss,
     predrnn_loss,
 )
+from stpl.training.physics import moment_loss, phycell_moment_loss, phydnet_loss
 from stpl.training.sampling import (
     LinearScheduledSampling,
     ReverseScheduledSampling,
@@ -49,9 +50,11 @@ from stpl.training.sampling import (
     scheduled_sampling_eta,
     scheduled_sampling_mask,
 )
+from stpl.training.teacher_forcing import BatchTeacherForcing, teacher_forcing_ratio
 
 __all__ = [
     "Adapter",
+    "BatchTeacherForcing",
     "LinearScheduledSampling",
     "LossReduction",
     "ReverseScheduledSampling",
@@ -63,10 +66,14 @@ __all__ = [
     "inference_mask",
     "linear_sampling_eta",
     "modernn_loss",
+    "moment_loss",
     "mse_l1_loss",
+    "phycell_moment_loss",
+    "phydnet_loss",
     "predrnn_loss",
     "reverse_scheduled_sampling_mask",
     "reverse_scheduled_sampling_probs",
     "scheduled_sampling_eta",
     "scheduled_sampling_mask",
+    "teacher_forcing_ratio",
 ]
