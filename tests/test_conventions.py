@@ -68,7 +68,7 @@ def _reset_every_module(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_build_then_reset_parameters_matches_a_normal_build(name):
-    options = {**small_options(name), "hidden_channels": 16}
+    options = small_options(name)
     torch.manual_seed(0)
     normal = stpl.get_model(name, **options)
     with torch.device("meta"):
@@ -82,13 +82,15 @@ def test_meta_build_then_reset_parameters_matches_a_normal_build(name):
     for key, p in meta.named_parameters():
         w = want[key]
         assert p.shape == w.shape, key
-        if torch.all(w == w.flatten()[0]):  # constants: ones, zeros, peepholes
+        first = w.flatten()[0].item()
+        if torch.all(w == first) and (w.numel() > 1 or first in (0.0, 1.0)):  # ones, zeros
             assert_close(p, w, msg=key)
-        else:  # random initialisations: the same range and spread
-            assert p.abs().max() <= w.abs().max() * 1.05 + 1e-6, key
-            if w.numel() >= 256:
-                ratio = (p.std() / w.std()).item()
-                assert 0.8 < ratio < 1.25, (key, ratio)
+        elif w.numel() >= 256:  # random initialisations: the same range and spread
+            assert p.abs().max() <= w.abs().max() * 1.1 + 1e-6, key
+            ratio = (p.std() / w.std()).item()
+            assert 0.8 < ratio < 1.25, (key, ratio)
+        else:  # a few values: at least not left as they were (the garbage fill)
+            assert not torch.any(p == 1234.5), key
     # and the model built on meta runs like any other
     shape = preset(name).frame_shape
     out = meta(torch.rand(1, 3, *shape))

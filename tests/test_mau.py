@@ -119,7 +119,7 @@ def test_cell_matches_plain_equations(spatial_size, cell_mode, bias):
         residual=cell_mode == "residual",
     )
     assert_close(s_new, s_ref)
-    assert_close(state.t, t_ref)
+    assert_close(state.t_state, t_ref)
     # the windows drop their oldest slot and take T' and the input S
     assert_close(state.t_history, torch.cat([t_hist[:, 1:], t_ref[:, None]], 1))
     assert_close(state.s_history, torch.cat([s_hist[:, 1:], s[:, None]], 1))
@@ -155,7 +155,7 @@ def test_zero_state_is_the_reference_start():
     cell = randomize_(stpl.MAUCell(C, C, 3, tau=TAU))
     (x,) = _plain.rand_maps(1, (B, C, H, W), dtype=torch.float32)
     zero = cell.initial_state(x)
-    assert zero.t.shape == (B, C, H, W)
+    assert zero.t_state.shape == (B, C, H, W)
     assert zero.t_history.shape == zero.s_history.shape == (B, TAU, C, H, W)
     assert all(torch.count_nonzero(z) == 0 for z in zero)
     assert_close(cell(x), cell(x, zero), rtol=0, atol=0)
@@ -175,7 +175,7 @@ def test_golden_cell(golden, mode):
     with torch.no_grad():
         s_new, new_state = cell(i["S_t"], state)
     assert_close(s_new, o[f"S_new{suffix}"], atol=1e-5, rtol=1e-5)
-    assert_close(new_state.t, o[f"T_new{suffix}"], atol=1e-5, rtol=1e-5)
+    assert_close(new_state.t_state, o[f"T_new{suffix}"], atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ cell: battery
@@ -215,7 +215,7 @@ def test_cell_every_parameter_gets_a_gradient():
     cell = randomize_(stpl.MAUCell(C, C, 3, tau=TAU, spatial_size=(H, W)))
     t, s, t_hist, s_hist = windows(dtype=torch.float32)
     out, state = cell(s, stpl.MAUState(t, t_hist, s_hist))
-    (out.square().sum() + state.t.square().sum()).backward()
+    (out.square().sum() + state.t_state.square().sum()).backward()
     for name, p in cell.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -251,7 +251,7 @@ def test_cell_float64_and_channels_last():
     cell = randomize_(stpl.MAUCell(C, C, 3, tau=TAU)).double()
     (x,) = _plain.rand_maps(1, (B, C, H, W))
     h, state = cell(x)
-    assert h.dtype == state.t.dtype == state.t_history.dtype == torch.float64
+    assert h.dtype == state.t_state.dtype == state.t_history.dtype == torch.float64
     x_cl = x.contiguous(memory_format=torch.channels_last)
     assert_close(cell(x_cl, state), cell(x, state))
 
@@ -278,10 +278,10 @@ def test_cell_errors():
         cell(x, state._replace(t_history=state.t_history[:, 1:]))
     with pytest.raises(ValueError, match=r"state\.s_history"):
         cell(x, state._replace(s_history=state.s_history[:1]))
-    with pytest.raises(ValueError, match=r"state\.t must"):
-        cell(x, state._replace(t=state.t[:, :2]))
+    with pytest.raises(ValueError, match=r"state\.t_state must"):
+        cell(x, state._replace(t_state=state.t_state[:, :2]))
     with pytest.raises(ValueError, match="another cell type"):
-        cell(x, stpl.LSTMState(state.t, state.t))
+        cell(x, stpl.LSTMState(state.t_state, state.t_state))
     with pytest.raises(TypeError, match=r"state\.t_history"):
         cell(x, state._replace(t_history=None))
     with pytest.raises(ValueError, match="dtype"):
@@ -441,7 +441,7 @@ def test_model_errors():
     out = model(torch.rand(1, 3, 1, 16, 16))
     with pytest.raises(ValueError, match="one MAUState per layer"):
         model(torch.rand(1, 3, 1, 16, 16), state=out.state[:1])
-    with pytest.raises(ValueError, match=r"state\[0\]\.t must have shape \(2, 4, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"state\[0\]\.t_state must have shape \(2, 4, 2, 2\)"):
         model(torch.rand(2, 3, 1, 16, 16), state=out.state)
     bad = [s._replace(t_history=s.t_history[:, :1]) for s in out.state]
     with pytest.raises(
@@ -589,4 +589,4 @@ def test_cell_shapes_and_window_rotation(b, c, h, w, tau, k):
     assert state.t_history.shape == state.s_history.shape == (b, tau, c, h, w)
     # after tau + 1 steps the key window holds exactly the last tau inputs, oldest first
     assert torch.equal(state.s_history, torch.stack(xs[1:], 1))
-    assert torch.equal(state.t_history[:, -1], state.t)
+    assert torch.equal(state.t_history[:, -1], state.t_state)

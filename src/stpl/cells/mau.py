@@ -35,7 +35,7 @@ class MAUState(NamedTuple):
     """State of a :class:`MAUCell`: the temporal state and the two windows of the last tau steps.
 
     Attributes:
-        t: the temporal state T (the cell's T output of the previous step),
+        t_state: the temporal state T (the cell's T output of the previous step),
             ``(B, C_hidden, H, W)``.
         t_history: the cell's T outputs of the last tau steps, oldest first,
             ``(B, tau, C_hidden, H, W)`` (the attention's values).
@@ -46,7 +46,7 @@ class MAUState(NamedTuple):
     attention (each scores 0), exactly as in the reference code's first tau steps.
     """
 
-    t: Tensor
+    t_state: Tensor
     t_history: Tensor
     s_history: Tensor
 
@@ -255,10 +255,10 @@ class MAUCell(nn.Module):
             state = self.initial_state(x)
         else:
             state = check_state("state", state, MAUState)
-            check_state_map("state.t", state.t, x, self.hidden_channels)
+            check_state_map("state.t_state", state.t_state, x, self.hidden_channels)
             _check_window("state.t_history", state.t_history, x, self.tau, self.hidden_channels)
             _check_window("state.s_history", state.s_history, x, self.tau, self.hidden_channels)
-        t_new, s_new = self.step(state.t, x, state.t_history, state.s_history)
+        t_new, s_new = self.step(state.t_state, x, state.t_history, state.s_history)
         new_state = MAUState(t_new, _push(state.t_history, t_new), _push(state.s_history, x))
         return s_new, new_state
 

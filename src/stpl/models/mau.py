@@ -215,7 +215,7 @@ class MAU(RecurrentPredictor):
             name = f"state[{layer}]"
             layer_state = check_state(name, layer_state, MAUState)
             for field, t in zip(MAUState._fields, layer_state, strict=True):
-                want = (b, *maps) if field == "t" else (b, self.tau, *maps)
+                want = (b, *maps) if field == "t_state" else (b, self.tau, *maps)
                 if not isinstance(t, Tensor) or tuple(t.shape) != want:
                     got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
                     raise ValueError(
