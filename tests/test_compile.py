@@ -193,3 +193,79 @@ def test_compiled_bf16_step_casts_weights_once_per_call(fresh_dynamo):
         assert_close(g, want_grads[key], atol=2e-2, rtol=5e-2, msg=key)
     # without autocast nothing is cast
     assert model.__dict__.get("_cast_params") is None
+
+
+# ------------------------------------------------------------------ CUDA-graph readiness
+_HOST_SYNC = {"_local_scalar_dense", "item", "nonzero", "masked_select", "_unique2", "unique_dim"}
+
+
+def _capture_problems(model: torch.nn.Module, frame: torch.Tensor) -> list[str]:
+    """What would stop CUDA graphs from capturing one step of ``model`` (traced on meta)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils._pytree import tree_flatten
+
+    state = model.initial_state(frame)
+
+    def step(frame: torch.Tensor, state: object) -> tuple[object, ...]:
+        out = model._step_impl(model._frame_to_step(frame), state, None)
+        return out.prediction, out.state
+
+    problems = []
+    for node in make_fx(step)(frame, state).graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.device.type != "meta":
+            problems.append(f"{node.target} makes a tensor on {val.device}")
+        op = str(getattr(node.target, "__name__", node.target)).split(".")[0]
+        if op in _HOST_SYNC:
+            problems.append(f"{node.target} synchronises with the host")
+    _, out_state = step(frame, state)
+    leaves_in, spec_in = tree_flatten(state)
+    leaves_out, spec_out = tree_flatten(out_state)
+    if spec_in != spec_out:
+        problems.append("the new state has another structure than the old one")
+    for a, b in zip(leaves_in, leaves_out, strict=False):
+        if isinstance(a, torch.Tensor) and (a.shape, a.dtype) != (b.shape, b.dtype):
+            problems.append(f"a state tensor changes from {a.shape} to {b.shape}")
+    return problems
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_step_is_capturable_static_on_device_and_hands_its_state_over(name):
+    """Proof on CPU of what CUDA graphs need from one recurrent step.
+
+    The step is traced with ``make_fx`` on the ``meta`` device: a tensor created on the
+    host inside the step (``torch.tensor(...)`` without a device, a CPU scalar) shows up as a
+    CPU tensor in the graph, a host synchronisation (``.item()``, data-dependent shapes) as
+    ``_local_scalar_dense``/``nonzero``; and the new state must have the structure, shapes
+    and dtypes of the state it came from, so the next replay reads it in place (static
+    shapes, no reallocation).
+    """
+    entry = preset(name)
+    with torch.device("meta"):
+        model = stpl.get_model(name, **entry.small).eval()
+    frame = torch.empty(2, *entry.frame_shape, device="meta")
+    assert _capture_problems(model, frame) == []
+
+
+class _HostScalarCell(torch.nn.Module):
+    """A cell with the mistakes the check above must catch."""
+
+    def __init__(self, c_in: int, c_hidden: int) -> None:
+        super().__init__()
+        self.in_channels, self.hidden_channels = c_in, c_hidden
+        self.conv = torch.nn.Conv2d(c_in, c_hidden, 1)
+
+    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:]),)
+
+    def forward(self, x: torch.Tensor, state: object = None) -> tuple[torch.Tensor, tuple]:
+        h = self.conv(x) * torch.tensor(0.5)  # a CPU scalar made inside the step
+        return h, (h[:, :, :1],)  # and a state that shrinks
+
+
+def test_the_capture_check_catches_host_tensors_and_changing_states():
+    with torch.device("meta"):
+        model = stpl.EncoderStackDecoder(_HostScalarCell, hidden_channels=4, num_layers=1)
+    problems = _capture_problems(model, torch.empty(2, 1, 16, 16, device="meta"))
+    assert any("on cpu" in p for p in problems)
+    assert any("changes from" in p for p in problems)
