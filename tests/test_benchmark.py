@@ -185,3 +185,28 @@ def test_stream_mode_times_eager_compiled_and_exported(capsys):
     assert result["speedup"]["eager"] == {"observe": 1.0, "forecast": 1.0}
     with pytest.raises(ValueError, match="stream"):
         BenchConfig(model=None, cell="convlstm", mode="stream")
+
+
+@pytest.mark.slow
+def test_kernel_mode_counts_eager_and_compiled_kernels(capsys):
+    argv = ["--model", "predrnn", *TINY, "--layers", "1", "--mode", "kernels", "--json"]
+    assert main([*argv, "--inductor-option", "layout_optimization=false"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for mode in ("inference", "training"):
+        k = result["kernels_per_step"][mode]
+        assert k["compiled"] == k["generated"] + k["extern"]
+        assert k["generated"] > 0 and k["extern"] > 0 and k["eager"] > 0
+        # one ST-LSTM layer: 5 convolutions and a decoder, each an extern kernel
+        assert k["extern"] >= 6
+        assert k["compiled"] < k["eager"]
+    # the compiled step launches far fewer kernels in inference: the gates fuse
+    assert result["kernels_per_step"]["inference"]["ratio"] < 0.5
+
+
+def test_count_aten_kernels_counts_work_not_views():
+    from stpl.benchmark._kernels import count_aten_kernels
+
+    x = torch.rand(4, 4)
+    assert count_aten_kernels(lambda: x.view(16).unsqueeze(0).expand(3, 16)) == 0
+    assert count_aten_kernels(lambda: torch.sigmoid(x) * 2 + x) == 3
+    assert count_aten_kernels(lambda: torch.cat([x, x]).split(2)) == 1

@@ -6,6 +6,7 @@ import json
 import sys
 
 from stpl.benchmark._config import build_parser, config_from_args
+from stpl.benchmark._kernels import format_kernel_result, run_kernel_benchmark
 from stpl.benchmark._run import format_result, run_benchmark
 from stpl.benchmark._stream import format_stream_result, run_stream_benchmark
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.mode == "stream":
         result = run_stream_benchmark(config)
         text = format_stream_result(result)
+    elif config.mode == "kernels":
+        result = run_kernel_benchmark(config)
+        text = format_kernel_result(result)
     else:
         result = run_benchmark(config)
         text = format_result(result)

@@ -19,15 +19,16 @@ __all__ = [
     "parse_option",
 ]
 
-Mode = Literal["forward", "train", "rollout", "stream"]
+Mode = Literal["forward", "train", "rollout", "stream", "kernels"]
 """What one timed step runs: inference forward, forward + backward, ``generate``, or the
-batch-1 streaming calls (``observe`` one frame, ``forecast``) eager / compiled / exported."""
+batch-1 streaming calls (``observe`` one frame, ``forecast``) eager / compiled / exported,
+or the kernels one recurrent step launches, eager vs compiled."""
 
 CELL_NAMES = ("convlstm", "stlstm", "modernn", "dcb")
 """Cells that ``--cell`` accepts (``dcb`` is MoDeRNN's Detail Context Block alone)."""
 
 DTYPES = ("float32", "bfloat16")
-MODES = ("forward", "train", "rollout", "stream")
+MODES = ("forward", "train", "rollout", "stream", "kernels")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class BenchConfig:
         mode: ``"forward"`` (no grad), ``"train"`` (forward + loss + backward) or
             ``"rollout"`` (``generate`` after ``context`` frames, plus a batch-1 single-step
             latency) or ``"stream"`` (batch 1: ``observe`` one frame and ``forecast``
-            ``T - context`` frames, eager vs ``compile_step`` vs ``torch.export``).
+            ``T - context`` frames, eager vs ``compile_step`` vs ``torch.export``) or
+            ``"kernels"`` (kernel launches of one recurrent step, eager vs ``compile_step``).
         checkpoint_steps: activation checkpointing over time (models only).
         repeats: fixed number of timed runs; ``None`` lets ``blocked_autorange`` decide.
         min_run_time: seconds ``blocked_autorange`` spends measuring (``repeats=None``).
@@ -137,8 +139,8 @@ class BenchConfig:
             raise ValueError(f"context must be in [1, frames={self.frames}]; got {self.context}")
         if self.min_run_time <= 0:
             raise ValueError(f"min_run_time must be positive; got {self.min_run_time!r}")
-        if self.mode == "stream" and self.model is None:
-            raise ValueError("mode 'stream' measures a model (--model), not a cell")
+        if self.mode in ("stream", "kernels") and self.model is None:
+            raise ValueError(f"mode {self.mode!r} measures a model (--model), not a cell")
         if self.checkpoint_steps and self.cell is not None:
             raise ValueError("checkpoint_steps applies to models (--model), not to --cell")
 
