@@ -32,6 +32,8 @@ class Preset:
             smallest size the architecture allows) for tests and smoke runs.
         frame_shape: ``(C, H, W)`` of the frames the *small* instance reads.
         description: one line: paper and reference layout.
+        default_frame_shape: ``(C, H, W)`` of the frames the default configuration reads
+            (the paper's data, e.g. Moving MNIST's 1x64x64).
     """
 
     name: str
@@ -40,6 +42,7 @@ class Preset:
     small: Mapping[str, Any] = field(default_factory=dict)
     frame_shape: tuple[int, int, int] = (1, 16, 16)
     description: str = ""
+    default_frame_shape: tuple[int, int, int] = (1, 64, 64)
 
 
 _REGISTRY: dict[str, Preset] = {}
@@ -73,6 +76,7 @@ def register_preset(
     small: Mapping[str, Any] | None = None,
     frame_shape: tuple[int, int, int] = (1, 16, 16),
     description: str = "",
+    default_frame_shape: tuple[int, int, int] = (1, 64, 64),
 ) -> Preset:
     """Register a preset under ``name`` (replacing one of the same name); returns it."""
     if not isinstance(name, str) or not name:
@@ -84,6 +88,7 @@ def register_preset(
         MappingProxyType(dict(small or {})),
         frame_shape,
         description,
+        default_frame_shape,
     )
     _REGISTRY[name] = entry
     return entry
