@@ -269,3 +269,17 @@ def test_the_capture_check_catches_host_tensors_and_changing_states():
     problems = _capture_problems(model, torch.empty(2, 1, 16, 16, device="meta"))
     assert any("on cpu" in p for p in problems)
     assert any("changes from" in p for p in problems)
+
+
+@pytest.mark.slow
+def test_reduce_overhead_mode_runs_and_equals_eager_on_cpu(fresh_dynamo):
+    """CUDA graphs apply to CUDA tensors only: on the CPU the mode compiles with inductor
+    and must compute what eager computes (the GPU side is benchmarks/gpu_check.py's)."""
+    model = stpl.EncoderStackDecoder("convlstm", hidden_channels=4, num_layers=1, patch_size=2)
+    model.eval()
+    frames = torch.rand(2, 4, 1, 8, 8)
+    with torch.no_grad():
+        want = model.generate(frames, 3).predictions
+        model.compile_step(mode="reduce-overhead", dynamic_batch=False)
+        got = model.generate(frames, 3).predictions
+    assert_close(got, want, atol=1e-5, rtol=1e-5)
