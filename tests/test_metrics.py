@@ -149,8 +149,11 @@ def test_mse_is_differentiable_and_keeps_dtype() -> None:
     out.backward()
     assert pred.grad is not None
     torch.testing.assert_close(pred.grad, 2 * (pred - target).detach() / 6)
-    half = metrics.mae(pred.detach().bfloat16(), target.bfloat16())
-    assert half.dtype == torch.float32
+    low_pred, low_target = pred.detach().bfloat16(), target.bfloat16()
+    half = metrics.mae(low_pred, low_target)
+    assert half.dtype == torch.float32  # bf16 inputs are scored in float32, not in bf16
+    torch.testing.assert_close(half, metrics.mae(low_pred.float(), low_target.float()))
+    assert half.item() == pytest.approx(metrics.mae(pred.detach(), target).item(), rel=0.02)
 
 
 # --------------------------------------------------------------------------------------------
