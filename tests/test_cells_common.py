@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,43 +150,79 @@ def test_every_parameter_gets_a_gradient(name):
         assert p.grad.abs().sum() > 0, pname
 
 
+def two_steps_with_grads(cell: nn.Module, case: Case, dtype: torch.dtype, autocast: bool = False):
+    """Two steps from ``state=None`` on inputs in ``dtype`` (under CPU bf16 autocast if
+    asked), then backward of the sum of the outputs: ``(outputs, param grads, input grads)``."""
+    xs = [case.inputs(dtype=dtype, seed=s)[0].requires_grad_() for s in range(2)]
+    _, extra = case.inputs(dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        hs, state = run(cell, xs, None, extra)
+    sum(h.float().sum() for h in hs).backward()
+    return [*hs, *state], [p.grad for p in cell.parameters()], [x.grad for x in xs]
+
+
 @cell_names
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_dtypes_forward_backward(name, dtype):
-    """The cell converted to dtype, inputs in dtype: outputs in dtype, finite, finite grads."""
+    """The cell converted to dtype, inputs in dtype: outputs in dtype, and outputs and
+    gradients bounded against the same weights and inputs in float32."""
     case = CASES[name]
-    cell = case.build().to(dtype)
-    xs = [case.inputs(dtype=dtype, seed=s)[0].requires_grad_() for s in range(2)]
-    _, extra = case.inputs(dtype=dtype)
-    hs, state = run(cell, xs, None, extra)
-    for t in (*hs, *state):
+    torch.manual_seed(0)
+    base = case.build()
+    ref = two_steps_with_grads(copy.deepcopy(base), case, torch.float32)
+    cell = copy.deepcopy(base).to(dtype)
+    outs, pgrads, xgrads = two_steps_with_grads(cell, case, dtype)
+    for t in outs:
         assert t.dtype == dtype
-        assert torch.isfinite(t).all()
-    sum(h.float().sum() for h in hs).backward()
-    assert all(torch.isfinite(p.grad).all() for p in cell.parameters() if p.grad is not None)
-    assert all(torch.isfinite(x.grad).all() for x in xs)
+    for (pname, _), low, f32 in zip(cell.named_parameters(), pgrads, ref[1], strict=True):
+        assert (low is None) == (f32 is None), pname
+        assert low is None or torch.isfinite(low).all(), pname
+    if dtype == torch.bfloat16:
+        for low, f32 in zip(outs, ref[0], strict=True):
+            _plain.assert_bf16_close(low, f32, _plain.BF16_OUTPUT_RTOL, "output")
+        grads, f32_grads = _plain.flat(pgrads), _plain.flat(ref[1])
+        _plain.assert_bf16_close(grads, f32_grads, _plain.BF16_GRAD_RTOL, "parameter grads")
+        for low, f32 in zip(xgrads, ref[2], strict=True):
+            _plain.assert_bf16_close(low, f32, _plain.BF16_GRAD_RTOL, "input grad")
+    else:  # float32 is the reference itself; float64 agrees to float32 rounding
+        tol = {"rtol": 1e-4, "atol": 1e-5}
+        assert_close([t.float() for t in outs], ref[0], **tol)
+        assert_close([g.float() for g in xgrads], ref[2], **tol)
+        assert_close(
+            [g.float() for g in pgrads if g is not None],
+            [g for g in ref[1] if g is not None],
+            **tol,
+        )
 
 
 @cell_names
 def test_autocast_bfloat16_two_steps(name):
-    """A float32 cell under CPU autocast; the state (low precision or not) is carried."""
+    """A float32 cell under CPU autocast, bounded against the same cell in float32; the state
+    (low precision or not) is carried."""
     case = CASES[name]
-    cell = case.build()
-    xs = [case.inputs(seed=s)[0] for s in range(2)]
-    _, extra = case.inputs()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        hs, state = run(cell, xs, None, extra)
-        # a state that came out entirely in bfloat16 goes back in with a float32 input
-        h_low, _ = cell(xs[0], type(state)(*(t.bfloat16() for t in state)), **extra)
-        hs.append(h_low)
-    for t in (*hs, *state):
+    torch.manual_seed(0)
+    base = case.build()
+    ref = two_steps_with_grads(copy.deepcopy(base), case, torch.float32)
+    cell = copy.deepcopy(base)
+    outs, pgrads, xgrads = two_steps_with_grads(cell, case, torch.float32, autocast=True)
+    for t, f32 in zip(outs, ref[0], strict=True):
         assert t.dtype in (torch.bfloat16, torch.float32)
-        assert torch.isfinite(t).all()
-    sum(h.float().sum() for h in hs).backward()
-    grads = [p.grad for p in cell.parameters()]
-    assert all(
-        g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads
-    )
+        _plain.assert_bf16_close(t, f32, _plain.BF16_OUTPUT_RTOL, "output")
+    for (pname, _), g in zip(cell.named_parameters(), pgrads, strict=True):
+        assert g is not None and g.dtype == torch.float32 and torch.isfinite(g).all(), pname
+    grads, f32_grads = _plain.flat(pgrads), _plain.flat(ref[1])
+    _plain.assert_bf16_close(grads, f32_grads, _plain.BF16_GRAD_RTOL, "parameter grads")
+    for g, f32 in zip(xgrads, ref[2], strict=True):
+        _plain.assert_bf16_close(g, f32, _plain.BF16_GRAD_RTOL, "input grad")
+    # a state that came out entirely in bfloat16 goes back in with a float32 input
+    x, extra = case.inputs()
+    state = ref[0][2:]
+    low_state = type(cell.initial_state(x))(*(t.detach().bfloat16() for t in state))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h_low, _ = cell(x, low_state, **extra)
+        h_ref, _ = base(x, type(low_state)(*(t.float() for t in low_state)), **extra)
+    _plain.assert_bf16_close(h_low, h_ref, _plain.BF16_OUTPUT_RTOL, "h from a bf16 state")
 
 
 # one configuration per cell class, the one that exercises the most options (compile is slow)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from hypothesis import strategies as st
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from stpl import metrics
+from stpl.metrics import perceptual
 
 # --------------------------------------------------------------------------------------------
 # slow, obvious references (numpy / scikit-image, frame by frame, as the reference code loops)
@@ -75,7 +79,7 @@ def _pair(kind: str, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray,
     if kind == "random":
         target = rng.random(shape, dtype=np.float32)
         # predictions overshoot [0, 1] like a raw network output, so clipping matters
-        pred = (target + rng.normal(0, 0.2, shape)).astype(np.float32)
+        pred = (target + rng.normal(0, 0.1, shape)).astype(np.float32)
     elif kind == "squares":
         target = _moving_squares(*shape, shift=0)
         pred = _moving_squares(*shape, shift=1) + rng.normal(0, 0.05, shape).astype(np.float32)
@@ -91,6 +95,7 @@ def _pair(kind: str, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray,
 
 
 KINDS = ["random", "squares", "gradient", "constant"]
+ALL_METRICS = [metrics.mse, metrics.mae, metrics.psnr, metrics.ssim, metrics.lpips]
 SHAPES = [(2, 3, 1, 16, 16), (1, 2, 3, 13, 11)]
 
 
@@ -144,8 +149,11 @@ def test_mse_is_differentiable_and_keeps_dtype() -> None:
     out.backward()
     assert pred.grad is not None
     torch.testing.assert_close(pred.grad, 2 * (pred - target).detach() / 6)
-    half = metrics.mae(pred.detach().bfloat16(), target.bfloat16())
-    assert half.dtype == torch.float32
+    low_pred, low_target = pred.detach().bfloat16(), target.bfloat16()
+    half = metrics.mae(low_pred, low_target)
+    assert half.dtype == torch.float32  # bf16 inputs are scored in float32, not in bf16
+    torch.testing.assert_close(half, metrics.mae(low_pred.float(), low_target.float()))
+    assert half.item() == pytest.approx(metrics.mae(pred.detach(), target).item(), rel=0.02)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +302,7 @@ def test_ssim_errors() -> None:
 # argument checks
 
 
-@pytest.mark.parametrize("fn", [metrics.mse, metrics.mae, metrics.psnr, metrics.ssim])
+@pytest.mark.parametrize("fn", ALL_METRICS)
 def test_shape_and_dtype_errors(fn) -> None:  # type: ignore[no-untyped-def]
     good = torch.rand(1, 2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"pred must be \(B, T, C, H, W\).*\(2, 1, 8, 8\)"):
@@ -311,6 +319,60 @@ def test_shape_and_dtype_errors(fn) -> None:  # type: ignore[no-untyped-def]
         fn(good.numpy(), good)
     with pytest.raises(ValueError, match="per_frame"):
         fn(good, good, per_frame=1)
+
+
+@pytest.mark.parametrize("fn", ALL_METRICS)
+def test_frames_on_another_scale_are_refused(fn) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(0)
+    unit = torch.rand(1, 2, 1, 8, 8, generator=gen)
+    bytes_ = torch.floor(unit * 255)  # 0..255 floats: quantised metrics used to clamp them
+    with pytest.raises(
+        ValueError,
+        match=r"target must hold frames on the \[0, 1\] scale.*"
+        r"got values in \[\d+, 2\d\d\].*divided by 255",
+    ):
+        fn(unit, bytes_)
+    with pytest.raises(ValueError, match=r"pred must hold frames.*divided by 255"):
+        fn(bytes_, unit)
+    with pytest.raises(ValueError, match=r"pred must hold.*\[-0\.5, 1\.5\].*\(x \+ 1\) / 2"):
+        fn(2 * unit - 1, unit)  # normalised to [-1, 1]
+    with pytest.raises(ValueError, match=r"target must hold.*rescale the frames"):
+        fn(unit, 1000 * unit - 300)
+    with pytest.raises(ValueError, match=r"pred must hold.*inf"):
+        fn(unit.clone().fill_(math.inf), unit)
+
+
+def test_slightly_out_of_range_predictions_follow_the_papers_clip() -> None:
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 3, 1, 9, 9, generator=gen)
+    pred = (target + 0.2 * torch.randn(target.shape, generator=gen)).clamp(-0.5, 1.5)
+    pred[0, 0, 0, 0, :2] = torch.tensor([-0.5, 1.5])  # the accepted extremes
+    assert pred.min() < -0.2 and pred.max() > 1.2
+    clipped = pred.clamp(0, 1)
+    for fn in (metrics.mse, metrics.mae, metrics.psnr, metrics.ssim):
+        torch.testing.assert_close(fn(pred, target), fn(clipped, target), rtol=0, atol=0)
+    # the target too may stray a little (interpolated data); MSE scores it as given
+    target[0, 0, 0, 0, 0] = 1.2
+    assert metrics.mse(pred, target).isfinite()
+
+
+def test_nan_predictions_give_nan_not_a_scale_error() -> None:
+    target = torch.rand(1, 2, 1, 8, 8)
+    pred = target.clone()
+    pred[0, 1, 0, 3, 3] = math.nan
+    assert math.isnan(metrics.mse(pred, target).item())
+    assert not math.isnan(metrics.mse(pred, target, per_frame=True)[0].item())
+    # a NaN does not hide a wrong scale elsewhere in the tensor
+    pred[0, 0] = 200.0
+    with pytest.raises(ValueError, match="pred must hold frames"):
+        metrics.mse(pred, target)
+
+
+def test_scale_check_in_low_precision() -> None:
+    x = torch.rand(1, 1, 1, 8, 8).bfloat16()
+    assert metrics.mae(x, x).item() == 0.0
+    with pytest.raises(ValueError, match="target must hold frames"):
+        metrics.mae(x, x * 255)
 
 
 def test_reduction_error() -> None:
@@ -355,3 +417,151 @@ def test_output_shapes_and_consistency(b: int, t: int, c: int, h: int, w: int, s
         _ref_error(pred.numpy(), target.numpy(), square=True, clip=True),
         rtol=1e-5,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# LPIPS: argument checks run everywhere; the network tests need the optional extra
+# (pip install "torch-stpl[lpips]") and skip, naming it, only where the package is missing.
+# No network is needed: the backbones are random (lpips' pnet_rand=True) or a random
+# AlexNet saved where torchvision looks for its cached weights.
+
+
+@pytest.fixture
+def lpips_package():  # type: ignore[no-untyped-def]
+    perceptual._network.cache_clear()
+    yield pytest.importorskip(
+        "lpips", reason='the optional extra torch-stpl[lpips] (package "lpips") is not installed'
+    )
+    perceptual._network.cache_clear()
+
+
+def _random_lpips(package, net: str = "alex"):  # type: ignore[no-untyped-def]
+    """The package's own LPIPS with a random backbone (its calibrated linear layers)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return package.LPIPS(net=net, pnet_rand=True, verbose=False).eval()
+
+
+def _predrnn_lpips(net, pred: np.ndarray, target: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """PredRNN-V2's test loop: per frame, (B, H, W, C) numpy frames, the prediction clipped,
+    grey repeated into 3 channels, [0, 1] fed unscaled, ``loss_fn_alex(truth, prediction)``."""
+    b, t = pred.shape[:2]
+    table = np.empty((b, t))
+    for i in range(t):
+        x = target[:, i].transpose(0, 2, 3, 1)
+        gx = np.minimum(np.maximum(pred[:, i].transpose(0, 2, 3, 1), 0), 1)
+        img_x = np.zeros([b, 3, *x.shape[1:3]])
+        img_gx = np.zeros([b, 3, *x.shape[1:3]])
+        for k in range(3):
+            img_x[:, k] = x[..., k if x.shape[-1] == 3 else 0]
+            img_gx[:, k] = gx[..., k if x.shape[-1] == 3 else 0]
+        with torch.no_grad():
+            d = net(torch.FloatTensor(img_x), torch.FloatTensor(img_gx))
+        table[:, i] = d.reshape(b).numpy()
+    return table
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_lpips_matches_the_reference_loop(lpips_package, channels: int) -> None:  # type: ignore[no-untyped-def]
+    net = _random_lpips(lpips_package)
+    pred, target = _pair("random", (2, 3, channels, 32, 36), seed=6)  # pred overshoots [0, 1]
+    table = _predrnn_lpips(net, pred, target)
+    assert np.ptp(table) > 0
+    got = metrics.lpips(_t(pred), _t(target), net=net, per_frame=True, per_sample=True)
+    assert got.dtype == torch.float32 and got.shape == (2, 3)
+    np.testing.assert_allclose(got.numpy(), table, rtol=1e-5, atol=1e-7)
+    curve = metrics.lpips(_t(pred), _t(target), net=net, per_frame=True, chunk_size=4)
+    np.testing.assert_allclose(curve.numpy(), table.mean(0), rtol=1e-5)
+    assert metrics.lpips(_t(pred), _t(target), net=net).item() == pytest.approx(table.mean())
+
+
+def test_lpips_normalize_is_openstl_scaling(lpips_package) -> None:  # type: ignore[no-untyped-def]
+    # OpenSTL: lpips.im2tensor(x * 255) per (H, W, C) frame, i.e. [0, 1] -> [-1, 1]
+    net = _random_lpips(lpips_package)
+    pred, target = _pair("gradient", (1, 2, 3, 32, 32))
+    ref = []
+    for j in range(2):
+        x = lpips_package.im2tensor(pred[0, j].transpose(1, 2, 0) * 255)
+        y = lpips_package.im2tensor(target[0, j].transpose(1, 2, 0) * 255)
+        with torch.no_grad():
+            ref.append(net(y.float(), x.float()).item())
+    got = metrics.lpips(_t(pred), _t(target), net=net, normalize=True, per_frame=True)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)
+    unscaled = metrics.lpips(_t(pred), _t(target), net=net, per_frame=True)
+    assert not torch.allclose(got, unscaled)  # the two conventions differ
+
+
+def test_lpips_gradient_and_errors(lpips_package) -> None:  # type: ignore[no-untyped-def]
+    net = _random_lpips(lpips_package)
+    target = torch.rand(1, 2, 1, 32, 32)
+    pred = (target + 0.1 * torch.randn_like(target)).requires_grad_()
+    metrics.lpips(pred, target, net=net, clip=False).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    small = torch.rand(1, 1, 1, 16, 16)
+    with pytest.raises(ValueError, match="16x16 are too small for the LPIPS backbone"):
+        metrics.lpips(small, small, net=net)
+
+
+def test_lpips_pretrained_backbone_is_loaded_and_cached(
+    lpips_package, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    # a random AlexNet where torchvision keeps its downloaded weights: net="alex" must build
+    # lpips.LPIPS(net="alex") (pretrained backbone) from it, once per device
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
+    (tmp_path / "checkpoints").mkdir()
+    torch.manual_seed(3)
+    torch.save(
+        torchvision.models.alexnet().state_dict(), tmp_path / "checkpoints" / url.split("/")[-1]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_net = lpips_package.LPIPS(net="alex", verbose=False).eval()
+    pred, target = _pair("squares", (2, 2, 1, 32, 32), seed=2)
+    table = _predrnn_lpips(ref_net, pred, target)
+    got = metrics.lpips(_t(pred), _t(target), per_frame=True, per_sample=True)
+    np.testing.assert_allclose(got.numpy(), table, rtol=1e-5, atol=1e-7)
+    metrics.lpips(_t(pred), _t(target))
+    assert perceptual._network.cache_info().misses == 1
+
+
+def test_lpips_missing_weights_say_where_to_put_them(
+    lpips_package, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise URLError("no network in this test")
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    x = torch.rand(1, 1, 1, 32, 32)
+    with pytest.raises(RuntimeError, match=r"alexnet-owt-\w+\.pth.*no network in this test"):
+        metrics.lpips(x, x)
+    with pytest.raises(RuntimeError, match=re.escape(str(tmp_path / "checkpoints"))):
+        metrics.lpips(x, x)
+
+
+def test_lpips_without_the_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    perceptual._network.cache_clear()
+    monkeypatch.setitem(sys.modules, "lpips", None)  # as if not installed
+    x = torch.rand(1, 1, 1, 32, 32)
+    with pytest.raises(ImportError, match=r'pip install "torch-stpl\[lpips\]"'):
+        metrics.lpips(x, x)
+    perceptual._network.cache_clear()
+
+
+def test_lpips_argument_errors() -> None:
+    x = torch.rand(1, 2, 1, 32, 32)
+    with pytest.raises(ValueError, match="C=2"):
+        metrics.lpips(x.expand(1, 2, 2, 32, 32), x.expand(1, 2, 2, 32, 32))
+    with pytest.raises(ValueError, match="net must be one of"):
+        metrics.lpips(x, x, net="resnet")
+    with pytest.raises(TypeError, match=r"net must be a str or an nn\.Module"):
+        metrics.lpips(x, x, net=3)  # type: ignore[arg-type]
+    for name, kw in (("normalize", {"normalize": 1}), ("chunk_size", {"chunk_size": 0})):
+        with pytest.raises(ValueError, match=name):
+            metrics.lpips(x, x, **kw)  # type: ignore[arg-type]

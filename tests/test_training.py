@@ -324,7 +324,6 @@ def test_mask_convention_matches_reference_indexing() -> None:
     )
 
 
-@pytest.mark.skipif(not hasattr(stpl, "EncoderStackDecoder"), reason="predictor not built yet")
 def test_rss_test_mask_equals_free_running_on_the_model() -> None:
     torch.manual_seed(0)
     model = stpl.EncoderStackDecoder(
@@ -343,7 +342,6 @@ def test_rss_test_mask_equals_free_running_on_the_model() -> None:
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.skipif(not hasattr(stpl, "get_model"), reason="registry not built yet")
 @pytest.mark.parametrize(
     ("name", "sched"),
     [("predrnn_v2", tr.ReverseScheduledSampling(s1=1, s2=3, alpha=1.0)), ("modernn", None)],

@@ -25,6 +25,15 @@ The defaults reproduce the numbers of MoDeRNN's and PredRNN's evaluation code:
   ``quantize=False`` scores the float frames instead (OpenSTL's convention); OpenSTL's SSIM
   additionally used scikit-image's float default ``data_range=2``.
 
+**Scale.** Frames are on the [0, 1] scale. A prediction may stray a little outside it (a raw
+network output) and is clipped to [0, 1] first, as the papers' code does (``clip=True``; the
+quantised PSNR/SSIM always clamp both frames). But an input with any value outside
+[-0.5, 1.5] raises ``ValueError`` naming the argument, the range seen and the fix: it is on
+another scale (0..255, or normalised to [-1, 1]), and clipping or quantising it would report
+plausible numbers for garbage. ``data_range`` of :func:`psnr` / :func:`ssim` is only the
+``R`` of the formula, never the scale of the inputs. The check costs one host
+synchronisation per call.
+
 Nothing here uses numpy or scikit-image: the metrics run on the tensors' device. PSNR and
 SSIM compute in float64 (float32 on devices without float64, such as MPS) and return that
 dtype; MSE and MAE compute and return in the inputs' dtype promoted to at least float32 and
@@ -87,7 +96,45 @@ def _check_pair(pred: object, target: object) -> tuple[Tensor, Tensor]:
             f"pred and target must be on the same device; got pred on {p.device} "
             f"and target on {t.device}"
         )
+    _check_scale(p, t)
     return p, t
+
+
+_SCALE_SLACK = 0.5
+"""How far outside [0, 1] a metric input may go before it is refused as being on another
+scale: values in [-0.5, 1.5] are accepted (see the module docstring)."""
+
+
+def _scale_hint(lo: float, hi: float) -> str:
+    if lo >= -_SCALE_SLACK and hi <= 255.0 + _SCALE_SLACK:
+        return "frames on the 0..255 scale must be divided by 255 first"
+    if lo >= -1.0 - _SCALE_SLACK and hi <= 1.0 + _SCALE_SLACK:
+        return "frames normalised to [-1, 1] must be mapped back with (x + 1) / 2 first"
+    return "rescale the frames to [0, 1] first (e.g. (x - lo) / (hi - lo) with the data's range)"
+
+
+def _check_scale(pred: Tensor, target: Tensor) -> None:
+    """Refuse frames that are clearly not on the [0, 1] scale (one host synchronisation).
+
+    A prediction slightly outside [0, 1] is legitimate (a raw network output; the metrics
+    clip it as the papers do); values beyond ``_SCALE_SLACK`` outside [0, 1] mean another
+    scale (0..255, [-1, 1]), which clipping or quantising would silently turn into garbage.
+    NaN is ignored here (the metric is then NaN, as in the reference code).
+    """
+    inf = math.inf
+    bounds = [
+        torch.aminmax(torch.nan_to_num(x.detach(), nan=0.5, posinf=inf, neginf=-inf))
+        for x in (pred, target)
+    ]
+    values = torch.stack([v for pair in bounds for v in pair]).float().tolist()
+    for name, lo, hi in (("pred", values[0], values[1]), ("target", values[2], values[3])):
+        if lo >= -_SCALE_SLACK and hi <= 1.0 + _SCALE_SLACK:
+            continue
+        raise ValueError(
+            f"{name} must hold frames on the [0, 1] scale (values within "
+            f"[{-_SCALE_SLACK:g}, {1 + _SCALE_SLACK:g}] are accepted, predictions are clipped to "
+            f"[0, 1]); got values in [{lo:.4g}, {hi:.4g}]: {_scale_hint(lo, hi)}"
+        )
 
 
 def _reduce(values: Tensor, per_frame: bool, per_sample: bool) -> Tensor:
@@ -185,8 +232,8 @@ def mse(
         float32; differentiable.
 
     Raises:
-        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, unknown
-            ``reduction``.
+        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, frames
+            not on the [0, 1] scale (see the module docstring), unknown ``reduction``.
     """
     pred, target = _check_pair(pred, target)
     values = _per_frame_error(pred, target, reduction, clip, square=True)
@@ -224,8 +271,8 @@ def mae(
         float32; differentiable.
 
     Raises:
-        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, unknown
-            ``reduction``.
+        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, frames
+            not on the [0, 1] scale (see the module docstring), unknown ``reduction``.
     """
     pred, target = _check_pair(pred, target)
     values = _per_frame_error(pred, target, reduction, clip, square=False)
@@ -296,8 +343,8 @@ def psnr(
         ``()``, ``(T,)``, ``(B,)`` or ``(B, T)`` in dB, float64 (float32 on MPS).
 
     Raises:
-        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, bad
-            ``data_range`` or ``eps``.
+        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, frames
+            not on the [0, 1] scale, bad ``data_range`` or ``eps``.
     """
     pred, target = _check_pair(pred, target)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
@@ -357,8 +404,9 @@ def ssim(
         ``()``, ``(T,)``, ``(B,)`` or ``(B, T)``, float64 (float32 on MPS).
 
     Raises:
-        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, even
-            ``win_size`` or frames smaller than the window, bad ``data_range``.
+        ValueError: wrong rank, mismatched shapes or devices, non-floating dtype, frames
+            not on the [0, 1] scale, even ``win_size`` or frames smaller than the window, bad
+            ``data_range``.
     """
     pred, target = _check_pair(pred, target)
     if (
