@@ -3,10 +3,12 @@
 from stpl import data, interop, metrics, models, training
 from stpl.cells import (
     CELLS,
+    ConvGRUCell,
     ConvLSTMCell,
     DCBOutput,
     DetailContextBlock,
     GateConv,
+    GRUState,
     LayerNorm2d,
     LSTMState,
     MoDeRNNCell,
@@ -16,9 +18,11 @@ from stpl.cells import (
     STLSTMCell,
     STLSTMOutput,
     STLSTMState,
+    TrajGRUCell,
     register_cell,
 )
 from stpl.models import (
+    EncoderForecaster,
     EncoderStackDecoder,
     Generation,
     PredictorOutput,
@@ -33,10 +37,13 @@ __version__ = "0.1.0"
 __all__ = [
     "CELLS",
     "PRESETS",
+    "ConvGRUCell",
     "ConvLSTMCell",
     "DCBOutput",
     "DetailContextBlock",
+    "EncoderForecaster",
     "EncoderStackDecoder",
+    "GRUState",
     "GateConv",
     "Generation",
     "LSTMState",
@@ -52,6 +59,7 @@ __all__ = [
     "STLSTMOutput",
     "STLSTMState",
     "StreamState",
+    "TrajGRUCell",
     "__version__",
     "data",
     "get_model",

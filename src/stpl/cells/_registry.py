@@ -6,9 +6,11 @@ import inspect
 
 from torch import nn
 
+from stpl.cells.convgru import ConvGRUCell
 from stpl.cells.convlstm import ConvLSTMCell
 from stpl.cells.modernn import MoDeRNNCell
 from stpl.cells.stlstm import STLSTMCell
+from stpl.cells.trajgru import TrajGRUCell
 
 __all__ = ["CELLS", "cell_options", "register_cell"]
 
@@ -16,6 +18,8 @@ CELLS: dict[str, type[nn.Module]] = {
     "convlstm": ConvLSTMCell,
     "stlstm": STLSTMCell,
     "modernn": MoDeRNNCell,
+    "convgru": ConvGRUCell,
+    "trajgru": TrajGRUCell,
 }
 """Cells the models can build by name. Each is constructed as
 ``cls(in_channels, hidden_channels, kernel_size, **options)`` and follows

@@ -7,10 +7,12 @@ from stpl.models._base import (
     StepOutput,
     StreamState,
 )
+from stpl.models.encoder_forecaster import EncoderForecaster
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
 
 __all__ = [
     "CellFactory",
+    "EncoderForecaster",
     "EncoderStackDecoder",
     "Generation",
     "LayerState",
