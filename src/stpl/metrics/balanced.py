@@ -169,7 +169,7 @@ def balancing_weights(
         raise ValueError("target must be a floating torch.Tensor of pixels in [0, 1]")
     thr = check_thresholds(thresholds, ascending=True)
     table = _check_weights(weights, len(thr))
-    x = event_input(target.detach())
+    x = event_input(target.detach()).contiguous()
     pixels = cast_thresholds(pixel_thresholds(thr, x.device), x.dtype)
     level = torch.bucketize(x, pixels, right=True)  # number of thresholds <= x
     w = torch.tensor(table, dtype=x.dtype, device=x.device)[level]
