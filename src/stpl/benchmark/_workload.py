@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from stpl.benchmark._config import BenchConfig
 from stpl.cells import ConvLSTMCell, DetailContextBlock, MoDeRNNCell, STLSTMCell
-from stpl.models import EncoderStackDecoder
+from stpl.models import RecurrentPredictor
 from stpl.registry import get_model
 
 Step = Callable[[], Any]
@@ -179,7 +179,7 @@ def build_workload(config: BenchConfig) -> Workload:
         if config.compile_scope == "module":
             runner = torch.compile(module, **kwargs)
             compile_target = "module"
-        elif isinstance(module, EncoderStackDecoder):
+        elif isinstance(module, RecurrentPredictor):
             module.compile_step(**kwargs)
             compile_target = "step"
         else:
@@ -191,8 +191,8 @@ def build_workload(config: BenchConfig) -> Workload:
     for mod in (module, twin):
         mod.train(config.mode == "train")
 
-    if isinstance(module, EncoderStackDecoder):
-        assert isinstance(twin, EncoderStackDecoder)
+    if isinstance(module, RecurrentPredictor):
+        assert isinstance(twin, RecurrentPredictor)
         return _model_workload(config, module, twin, runner, inputs, compile_target)
     assert isinstance(module, CellStack) and isinstance(twin, CellStack)
     return _cell_workload(config, module, twin, runner, inputs, compile_target)
@@ -200,8 +200,8 @@ def build_workload(config: BenchConfig) -> Workload:
 
 def _model_workload(
     config: BenchConfig,
-    module: EncoderStackDecoder,
-    twin: EncoderStackDecoder,
+    module: RecurrentPredictor,
+    twin: RecurrentPredictor,
     runner: Callable[..., Any],
     frames: Tensor,
     compile_target: str | None,
@@ -209,6 +209,11 @@ def _model_workload(
     context = config.resolved_context
     steps = config.frames - 1
     target = frames[:, 1:]
+    every_step = getattr(module, "predicts_every_step", True)
+    if not every_step:  # an encoder-forecaster reads the context, then forecasts the rest
+        context = min(context, config.frames - 1)
+        steps = config.frames
+        target = frames[:, context:]
 
     def train_step(fn: Callable[..., Any], mod: nn.Module) -> Step:
         def run() -> Tensor:
@@ -262,7 +267,10 @@ def _model_workload(
 
     one = frames[:1]
     with torch.no_grad(), autocast_context(config):
-        warm_state = twin(one[:, : max(2, context)], None).state
+        if every_step:
+            warm_state = twin(one[:, : max(2, context)], None).state
+        else:
+            warm_state = twin.observe(one[:, :context]).state
     frame = one[:, :1]
 
     def stream() -> Tensor:
@@ -273,7 +281,7 @@ def _model_workload(
         module,
         rollout(gen),
         rollout(generate_twin),
-        context - 1 + horizon,
+        context - 1 + horizon if every_step else context + horizon,
         config.batch,
         stream,
         compile_target,

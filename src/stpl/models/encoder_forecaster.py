@@ -667,8 +667,9 @@ def build_encoder_forecaster(**options: Any) -> EncoderForecaster:
     """:class:`EncoderForecaster` from preset options.
 
     ``links`` defaults to HKO-7's (13, 13, 9) when the cell is ``"trajgru"``;
-    ``image_size`` (given by the benchmark tool) is ignored: the model runs at any frame
-    size its strides bring back (:meth:`EncoderForecaster.map_sizes`).
+    ``image_size`` (the configuration's frame size, 480 for HKO-7, which the benchmark tool
+    uses) does not change the model: it runs at any frame size its strides bring back
+    (:meth:`EncoderForecaster.map_sizes`).
     """
     options = dict(options)
     options.pop("image_size", None)
@@ -691,6 +692,7 @@ def _register() -> None:
             "hidden_channels": (64, 192, 192),
             "kernel_size": (5, 5, 3),
             "layout": "official",
+            "image_size": 480,
         },
         # a tiny instance at 32x32 (strides 2; the HKO-7 strides need sides that are multiples
         # of 30), initialised like the official code but with random flows (INIT_GRID off):
