@@ -29,6 +29,7 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,10 +82,9 @@ def check_thresholds(thresholds: object, *, ascending: bool = False) -> tuple[fl
     return values
 
 
-def pixel_thresholds(thresholds: Sequence[float], device: torch.device) -> Tensor:
-    """``rainfall_to_pixel`` of the thresholds, float64 (float32 on MPS), on ``device``."""
-    dtype = torch.float32 if device.type == "mps" else torch.float64
-    return rainfall_to_pixel(torch.tensor(thresholds, dtype=torch.float64)).to(device, dtype)
+def pixel_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """``rainfall_to_pixel`` of each threshold, as Python (float64) numbers."""
+    return tuple(rainfall_to_pixel(float(t)) for t in thresholds)
 
 
 def event_input(x: Tensor) -> Tensor:
@@ -92,18 +92,20 @@ def event_input(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def cast_thresholds(thresholds: Tensor, dtype: torch.dtype) -> Tensor:
-    """Thresholds in ``dtype``, rounded *up*: ``x >= t`` in ``dtype`` equals it in float64.
+def threshold_for(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded *up* to ``dtype``: ``x >= t`` in ``dtype`` equals it in float64.
 
     For a float32 ``x`` and a float64 threshold ``t``, ``x >= t`` holds exactly when ``x`` is
-    at least the smallest float32 that is ``>= t``, so comparing in float32 against that
-    value counts the same pixels as the official evaluator's float64 comparison.
+    at least the smallest float32 that is ``>= t``; comparing the float32 tensor with that
+    number (a Python scalar, so no tensor is copied to the device) counts the same pixels
+    as the official evaluator's float64 comparison.
     """
-    if dtype == thresholds.dtype:
-        return thresholds
-    low = thresholds.to(dtype)
-    up = torch.nextafter(low, torch.full_like(low, math.inf))
-    return torch.where(low.to(thresholds.dtype) < thresholds, up, low)
+    if dtype == torch.float64:
+        return value
+    low = np.float32(value)
+    if float(low) < value:
+        low = np.nextafter(low, np.float32(np.inf))
+    return float(low)
 
 
 def prepare_mask(mask: object, like: Tensor) -> Tensor | None:
@@ -169,10 +171,14 @@ def balancing_weights(
         raise ValueError("target must be a floating torch.Tensor of pixels in [0, 1]")
     thr = check_thresholds(thresholds, ascending=True)
     table = _check_weights(weights, len(thr))
-    x = event_input(target.detach()).contiguous()
-    pixels = cast_thresholds(pixel_thresholds(thr, x.device), x.dtype)
-    level = torch.bucketize(x, pixels, right=True)  # number of thresholds <= x
-    w = torch.tensor(table, dtype=x.dtype, device=x.device)[level]
+    x = event_input(target.detach())
+    # w = table[0] + sum_k (table[k + 1] - table[k]) [x >= p_k]: exact (small integers or
+    # their sums), with the thresholds as Python scalars so nothing is copied to the device
+    w = torch.full_like(x, table[0])
+    for k, pixel in enumerate(pixel_thresholds(thr)):
+        step = table[k + 1] - table[k]
+        if step:
+            w = w + step * (x >= threshold_for(pixel, x.dtype))
     m = prepare_mask(mask, target)
     if m is not None:
         w = w * m

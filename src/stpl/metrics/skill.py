@@ -37,12 +37,12 @@ from stpl.metrics.balanced import (
     BALANCING_WEIGHTS,
     THRESHOLDS,
     balancing_weights,
-    cast_thresholds,
     check_thresholds,
     event_input,
     gdl,
     pixel_thresholds,
     prepare_mask,
+    threshold_for,
 )
 from stpl.metrics.frame import _check_pair
 
@@ -123,8 +123,9 @@ def _count_table(
 ) -> Tensor:
     """``(4, B, T, K)`` int64: hits, misses, false alarms, correct negatives per (b, t, k)."""
     p, t = event_input(pred.detach()), event_input(target.detach())
-    pixels = pixel_thresholds(thresholds, p.device)
-    tp, tt = cast_thresholds(pixels, p.dtype), cast_thresholds(pixels, t.dtype)
+    pixels = pixel_thresholds(thresholds)
+    tp = [threshold_for(v, p.dtype) for v in pixels]
+    tt = [threshold_for(v, t.dtype) for v in pixels]
     dims = (2, 3, 4)
     if mask is None:
         total = torch.full(p.shape[:2], p[0, 0].numel(), dtype=torch.int64, device=p.device)
