@@ -326,3 +326,47 @@ def test_all_reduce_over_two_ranks_sums_the_counts(tmp_path):
     assert reduced.num_sequences.item() == 4
     assert torch.equal(reduced.counts.hits, single.counts.hits)
     assert_close(reduced.compute(), single.compute(), equal_nan=True)
+
+
+class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op that runs (to catch reads of numbers back to the host)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_number_is_read_back_to_the_host():
+    """Nothing calls ``.item()`` / ``.tolist()`` (``aten._local_scalar_dense``) or needs a
+    data-dependent shape (``nonzero``) until the caller asks for numbers."""
+    pred, target, mask = radar(2, 3)
+    ev = metrics.NowcastEvaluator()
+    with _Recorder() as rec:
+        metrics.csi(pred, target, mask=mask)
+        metrics.hss(pred, target, mask=mask[0, 0, 0], per_frame=True)
+        metrics.balanced_mse(pred, target, mask=mask)
+        training.balanced_loss(pred, target, mask, weighting="linear")
+        ev.update(pred, target, mask)
+        ev.update(pred, target)
+        ev.compute(per_frame=True)
+    assert rec.ops and not {"aten._local_scalar_dense", "aten.nonzero"} & rec.ops
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_host_synchronisation_on_cuda():
+    pred, target, mask = (t.cuda() for t in radar(2, 3))
+    ev = metrics.NowcastEvaluator(horizon=3, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ev.update(pred, target, mask)
+        metrics.csi(pred, target, mask=mask)
+        metrics.balanced_mae(pred, target, mask=mask)
+        training.balanced_loss(pred, target, mask)
+        ev.compute()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
