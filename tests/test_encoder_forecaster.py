@@ -348,3 +348,21 @@ def test_errors_name_the_argument():
         tiny(downsample=((7, 5, 1),))
     with pytest.raises(ValueError, match=r"links must have one entry per block \(3\)"):
         tiny(links=(1, 2))
+
+
+@pytest.mark.slow
+def test_compiled_copy_steps_its_own_weights():
+    import copy
+
+    torch._dynamo.reset()
+    model = randomize_(tiny()).eval().compile_step(backend="eager")
+    frames = video(1, 2)
+    first = model.generate(frames, 2).predictions
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.forecaster[0].ret.bias.add_(0.5)  # a weight inside a compiled step
+    eager = copy.deepcopy(other).compile_step(False)
+    got = other.generate(frames, 2).predictions
+    assert_close(got, eager.generate(frames, 2).predictions)
+    assert not torch.allclose(got, first)
+    assert_close(model.generate(frames, 2).predictions, first)

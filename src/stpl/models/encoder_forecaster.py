@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -224,7 +225,7 @@ class EncoderForecaster(RecurrentPredictor):
         self.init = check_choice("init", init, ("pytorch", "hko7"))
         self.checkpoint_steps = check_bool("checkpoint_steps", checkpoint_steps)
         self._compiled_step = None
-        self._compiled_cells: dict[int, Callable[..., Any]] | None = None
+        self._compiled_cells: list[Callable[..., Any]] | None = None
         self._dynamic_batch = True
 
         # ------------------------------------------------------------ cells
@@ -418,18 +419,23 @@ class EncoderForecaster(RecurrentPredictor):
                 kwargs.setdefault("isolate_recompiles", True)
             if "recompile_limit" in params:
                 kwargs.setdefault("recompile_limit", 16)
-            self._compiled_cells = {
-                id(c): torch.compile(c.step if hasattr(c, "step") else c, **kwargs)
+            # the unbound step, called with the cell: a copy of the model (deepcopy) steps
+            # its own weights through the same compiled function
+            self._compiled_cells = [
+                torch.compile(type(c).step if hasattr(c, "step") else type(c).forward, **kwargs)
                 for c in (*self.encoder, *self.forecaster)
-            }
+            ]
         return self
 
     # ---------------------------------------------------------------- the blocks
     def _act(self, x: Tensor) -> Tensor:
         return F.leaky_relu(x, self.negative_slope)
 
-    def _cell_step(self, cell: nn.Module, x: Tensor | None, state: Any) -> tuple[Tensor, Any]:
-        """One step of ``cell``; ``x`` is its projected input (GRU cells) or raw input."""
+    def _cell_step(
+        self, cell: nn.Module, pos: int, x: Tensor | None, state: Any
+    ) -> tuple[Tensor, Any]:
+        """One step of ``cell`` (number ``pos`` in encoder + forecaster order); ``x`` is its
+        projected input (GRU cells) or raw input."""
         fn: Callable[..., Any]
         compiled = self._compiled_cells
         if compiled is not None:
@@ -440,13 +446,14 @@ class EncoderForecaster(RecurrentPredictor):
                     if isinstance(t, Tensor) and t.shape[0] > 1:
                         torch._dynamo.maybe_mark_dynamic(t, 0)
         if hasattr(cell, "step"):
-            fn = cell.step if compiled is None else compiled[id(cell)]  # type: ignore[assignment]
+            step = getattr(cell, "step")  # noqa: B009
+            fn = step if compiled is None else partial(compiled[pos], cell)
             h0 = state[0]
             if self.checkpoint_steps and torch.is_grad_enabled():
                 out: tuple[Tensor, Any] = checkpoint(fn, x, h0, use_reentrant=False)
                 return out
             return fn(x, h0)  # type: ignore[no-any-return]
-        fn = cell if compiled is None else compiled[id(cell)]
+        fn = cell if compiled is None else partial(compiled[pos], cell)
         if self.checkpoint_steps and torch.is_grad_enabled():
             out = checkpoint(fn, x, state, use_reentrant=False)
             return out
@@ -455,6 +462,7 @@ class EncoderForecaster(RecurrentPredictor):
     def _run_block(
         self,
         cell: nn.Module,
+        pos: int,
         inputs: Tensor | None,
         state: Any,
         steps: int,
@@ -463,9 +471,11 @@ class EncoderForecaster(RecurrentPredictor):
         like: Tensor,
         collect: bool = True,
     ) -> tuple[Tensor | None, Any]:
-        """Run ``cell`` for ``steps`` steps; ``inputs: (B*steps, C, h, w)`` (time-major per
-        sample, i.e. ``(B, steps)`` flattened) or None. Returns the stacked hidden maps
-        ``(B*steps, C_hidden, h, w)`` (or None without ``collect``) and the final state."""
+        """Run ``cell`` (number ``pos``) for ``steps`` steps.
+
+        ``inputs: (B*steps, C, h, w)`` (``(B, steps)`` flattened) or None. Returns the stacked
+        hidden maps ``(B*steps, C_hidden, h, w)`` (None without ``collect``) and the final
+        state."""
         gru = hasattr(cell, "step")
         nh = int(getattr(cell, "hidden_channels"))  # noqa: B009
         seq: Tensor | None = None
@@ -483,7 +493,7 @@ class EncoderForecaster(RecurrentPredictor):
         outputs: list[Tensor] = []
         for t in range(steps):
             x = None if seq is None else seq[:, t]
-            h, state = self._cell_step(cell, x, state)
+            h, state = self._cell_step(cell, pos, x, state)
             if collect:
                 outputs.append(h)
         if not collect:
@@ -501,7 +511,7 @@ class EncoderForecaster(RecurrentPredictor):
                 x = self._act(self.down[i - 1](x))
             last = i == self.num_blocks - 1
             start = None if states is None else states[i]
-            out, state = self._run_block(cell, x, start, t, b, sizes[i], x, collect=not last)
+            out, state = self._run_block(cell, i, x, start, t, b, sizes[i], x, collect=not last)
             new.append(state)
             if out is not None:
                 x = out
@@ -514,7 +524,9 @@ class EncoderForecaster(RecurrentPredictor):
         ref = states[-1][0]
         x: Tensor | None = None
         for i in reversed(range(self.num_blocks)):
-            out, _ = self._run_block(self.forecaster[i], x, states[i], horizon, b, sizes[i], ref)
+            out, _ = self._run_block(
+                self.forecaster[i], self.num_blocks + i, x, states[i], horizon, b, sizes[i], ref
+            )
             assert out is not None
             x = self._act(self.up[i - 1](out)) if i > 0 else out
         assert x is not None
