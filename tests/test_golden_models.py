@@ -38,7 +38,11 @@ SUPPORTED = {
 # Baselines that the library does not implement yet: their files are not tested.
 NOT_SUPPORTED = {"model_openstl_e3dlstm", "model_openstl_mim", "model_openstl_predrnnpp"}
 # Files with their own layout and options, tested in their model's test file.
-TESTED_ELSEWHERE = {"model_openstl_mau": "test_mau.py", "model_openstl_phydnet": "test_phydnet.py"}
+TESTED_ELSEWHERE = {
+    "model_openstl_mau": "test_mau.py",
+    "model_openstl_phydnet": "test_phydnet.py",
+    "model_hzzone_encoder_forecaster": "test_encoder_forecaster.py",
+}
 
 DECOUPLE_BETA = 0.1  # the reference default (run.py, OpenSTL mmnist config)
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from stpl.registry import list_models
+from stpl.registry import PRESETS, list_models
 
 __all__ = [
     "CELL_NAMES",
@@ -198,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="hidden channels per layer (preset: 64)")
     p.add_argument("--layers", type=int, help="stacked layers (preset: 4, cell: 1)")
     p.add_argument("--kernel", type=int, help="gate kernel size (preset's, cell: 5)")
-    p.add_argument("--image-size", type=int, default=64, help="H = W of the frames (64)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="H = W of the frames (the preset's image_size if it has one, else 64)",
+    )
     p.add_argument("--patch-size", type=int, help="space-to-depth factor (4)")
     p.add_argument("--channels", type=int, default=1, help="image channels C (1)")
     p.add_argument("--batch", type=int, default=8, help="batch size B (8)")
@@ -252,13 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Turn parsed arguments into a validated :class:`BenchConfig`."""
     model = args.model if args.model is not None or args.cell is not None else "predrnn"
+    image_size = args.image_size
+    if image_size is None:  # e.g. 480 for the HKO-7 encoder-forecaster
+        image_size = int(PRESETS[model].get("image_size", 64)) if model is not None else 64
     return BenchConfig(
         model=model,
         cell=args.cell,
         hidden=args.hidden,
         layers=args.layers,
         kernel=args.kernel,
-        image_size=args.image_size,
+        image_size=image_size,
         patch_size=args.patch_size,
         channels=args.channels,
         batch=args.batch,

@@ -220,6 +220,11 @@ def _model_workload(
     context = config.resolved_context
     steps = config.frames - 1
     target = frames[:, 1:]
+    every_step = getattr(module, "predicts_every_step", True)
+    if not every_step:  # an encoder-forecaster reads the context, then forecasts the rest
+        context = min(context, config.frames - 1)
+        steps = config.frames
+        target = frames[:, context:]
 
     def train_step(fn: Callable[..., Any], mod: nn.Module) -> Step:
         def run() -> Tensor:
@@ -273,7 +278,10 @@ def _model_workload(
 
     one = frames[:1]
     with torch.no_grad(), autocast_context(config):
-        warm_state = twin(one[:, : max(2, context)], None).state
+        if every_step:
+            warm_state = twin(one[:, : max(2, context)], None).state
+        else:
+            warm_state = twin.observe(one[:, :context]).state
     frame = one[:, :1]
 
     def stream() -> Tensor:
@@ -284,7 +292,7 @@ def _model_workload(
         module,
         rollout(gen),
         rollout(generate_twin),
-        context - 1 + horizon,
+        context - 1 + horizon if every_step else context + horizon,
         config.batch,
         stream,
         compile_target,

@@ -4,17 +4,21 @@ from stpl.cells._protocol import RecurrentCell
 from stpl.cells._registry import CELLS, register_cell
 from stpl.cells._state import LSTMState, STLSTMState
 from stpl.cells._toolkit import GateConv, LayerNorm2d, Norm
+from stpl.cells.convgru import ConvGRUCell, GRUState
 from stpl.cells.convlstm import ConvLSTMCell
 from stpl.cells.mau import MAUCell, MAUState
 from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeRNNOutput
 from stpl.cells.phycell import PhyCell, PhyCellState, moment_matrix
 from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
+from stpl.cells.trajgru import TrajGRUCell
 
 __all__ = [
     "CELLS",
+    "ConvGRUCell",
     "ConvLSTMCell",
     "DCBOutput",
     "DetailContextBlock",
+    "GRUState",
     "GateConv",
     "LSTMState",
     "LayerNorm2d",
@@ -29,6 +33,7 @@ __all__ = [
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
+    "TrajGRUCell",
     "moment_matrix",
     "register_cell",
 ]

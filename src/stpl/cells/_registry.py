@@ -6,11 +6,13 @@ import inspect
 
 from torch import nn
 
+from stpl.cells.convgru import ConvGRUCell
 from stpl.cells.convlstm import ConvLSTMCell
 from stpl.cells.mau import MAUCell
 from stpl.cells.modernn import MoDeRNNCell
 from stpl.cells.phycell import PhyCell
 from stpl.cells.stlstm import STLSTMCell
+from stpl.cells.trajgru import TrajGRUCell
 
 __all__ = ["CELLS", "cell_options", "register_cell"]
 
@@ -20,6 +22,8 @@ CELLS: dict[str, type[nn.Module]] = {
     "modernn": MoDeRNNCell,
     "mau": MAUCell,
     "phycell": PhyCell,
+    "convgru": ConvGRUCell,
+    "trajgru": TrajGRUCell,
 }
 """Cells the models can build by name. Each is constructed as
 ``cls(in_channels, hidden_channels, kernel_size, **options)`` and follows

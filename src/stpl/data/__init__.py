@@ -6,23 +6,34 @@
 * :class:`PredRNNNpz`: PredRNN's ``.npz`` clip files.
 * :class:`VideoWindows`: sliding windows over your own tensors.
 * :class:`FrameFolder`: sliding windows over folders of image frames (needs Pillow).
+* :class:`RadarEchoes`: seeded synthetic radar-echo sequences (HKO-7 pixel units, no
+  download); :class:`HKO7Frames`: the HKO-7 benchmark's radar PNG folders; radar unit
+  conversions (``rainfall_to_pixel``, ``pixel_to_rainfall``, dBZ) in :mod:`stpl.data.radar_units`.
 
 See ``docs/data.md``.
 """
 
 from stpl.data.glyphs import render_digit
 from stpl.data.moving_digits import MovingDigits, SequenceInfo
+from stpl.data.radar import HKO7Frames, RadarClip, RadarEchoes, RadarSequenceInfo
+from stpl.data.radar_units import pixel_to_rainfall, rainfall_to_pixel
 from stpl.data.readers import MovingMNISTFile, PredRNNNpz, load_idx_digits, read_idx
 from stpl.data.video import FrameFolder, VideoWindows
 
 __all__ = [
     "FrameFolder",
+    "HKO7Frames",
     "MovingDigits",
     "MovingMNISTFile",
     "PredRNNNpz",
+    "RadarClip",
+    "RadarEchoes",
+    "RadarSequenceInfo",
     "SequenceInfo",
     "VideoWindows",
     "load_idx_digits",
+    "pixel_to_rainfall",
+    "rainfall_to_pixel",
     "read_idx",
     "render_digit",
 ]

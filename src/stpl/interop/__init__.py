@@ -3,7 +3,9 @@
 One module per reference repository registers what it can load:
 :mod:`~stpl.interop.predrnn` (thuml/predrnn-pytorch), :mod:`~stpl.interop.openstl`
 (OpenSTL), :mod:`~stpl.interop.modernn` (czh-98/MoDeRNN) and :mod:`~stpl.interop.ndrplz`
-(ndrplz/ConvLSTM_pytorch, MSPred's cell). ``docs/interop.md`` lists the sources and the
+(ndrplz/ConvLSTM_pytorch, MSPred's cell), :mod:`~stpl.interop.hzzone`
+(Hzzone/Precipitation-Nowcasting's TrajGRU and encoder-forecaster, HKO-7's ConvGRU).
+``docs/interop.md`` lists the sources and the
 parameter names.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from stpl.interop import (  # noqa: F401  (register sources)
+    hzzone,
     modernn,
     ndrplz,
     openstl,

@@ -7,6 +7,7 @@ from stpl.models._base import (
     StepOutput,
     StreamState,
 )
+from stpl.models.encoder_forecaster import EncoderForecaster
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
 from stpl.models.mau import MAU
 from stpl.models.phydnet import PhyDNet, PhyDNetState
@@ -14,6 +15,7 @@ from stpl.models.phydnet import PhyDNet, PhyDNetState
 __all__ = [
     "MAU",
     "CellFactory",
+    "EncoderForecaster",
     "EncoderStackDecoder",
     "Generation",
     "LayerState",

@@ -13,7 +13,8 @@ reference code, on the device, with torch ops only:
 * MoDeRNN's linear schedule (:class:`LinearScheduledSampling`, ``context = T_in``),
 * PredRNN-V2 reverse scheduled sampling (:class:`ReverseScheduledSampling`, ``context = 1``),
 
-plus PredRNN-V2's decoupling loss and the MSE/L1 losses of the reference trainers. The
+plus PredRNN-V2's decoupling loss and the MSE/L1 losses of the reference trainers, and the
+balanced MSE + MAE loss of precipitation nowcasting (:func:`balanced_loss`, HKO-7). The
 formulas are those of ``thuml/predrnn-pytorch`` ``run.py`` and ``czh-98/MoDeRNN``
 ``trainers/frame_prediction_trainer.py``; ``docs/training.md`` writes them out.
 
@@ -35,6 +36,11 @@ from stpl.training.losses import (
     modernn_loss,
     mse_l1_loss,
     predrnn_loss,
+)
+from stpl.training.nowcasting import (
+    TemporalWeighting,
+    balanced_loss,
+    temporal_weights,
 )
 from stpl.training.physics import moment_loss, phycell_moment_loss, phydnet_loss
 from stpl.training.sampling import (
@@ -61,6 +67,8 @@ __all__ = [
     "SamplingMask",
     "SamplingSchedule",
     "ScheduledSampling",
+    "TemporalWeighting",
+    "balanced_loss",
     "decoupling_loss",
     "decoupling_term",
     "inference_mask",
@@ -76,4 +84,5 @@ __all__ = [
     "scheduled_sampling_eta",
     "scheduled_sampling_mask",
     "teacher_forcing_ratio",
+    "temporal_weights",
 ]
