@@ -60,7 +60,9 @@ def test_cells_take_device_and_dtype(cell):
 
 # ------------------------------------------------------------------ meta + reset_parameters
 def _reset_every_module(model: nn.Module) -> None:
-    for module in model.modules():
+    # children first: a cell that initialises its convolutions its own way (TrajGRU's
+    # official init, the GHU's small uniform) resets after them and has the last word
+    for module in reversed(list(model.modules())):
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
@@ -85,10 +87,10 @@ def test_meta_build_then_reset_parameters_matches_a_normal_build(name):
         first = w.flatten()[0].item()
         if torch.all(w == first) and (w.numel() > 1 or first in (0.0, 1.0)):  # ones, zeros
             assert_close(p, w, msg=key)
-        elif w.numel() >= 256:  # random initialisations: the same range and spread
-            assert p.abs().max() <= w.abs().max() * 1.1 + 1e-6, key
+        elif w.numel() >= 256:  # random initialisations: the same centre and spread
             ratio = (p.std() / w.std()).item()
             assert 0.8 < ratio < 1.25, (key, ratio)
+            assert abs((p.mean() - w.mean()).item()) < 0.25 * w.std().item(), key
         else:  # a few values: at least not left as they were (the garbage fill)
             assert not torch.any(p == 1234.5), key
     # and the model built on meta runs like any other

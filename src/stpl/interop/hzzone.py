@@ -43,6 +43,8 @@ from stpl.models.encoder_forecaster import (
     EncoderForecaster,
 )
 
+__all__ = ["StateDict", "convert_encoder_forecaster"]
+
 StateDict = Mapping[str, Tensor]
 
 _TRAJ_KEYS = ("i2h", "i2f_conv1", "h2f_conv1", "flows_conv", "ret")
