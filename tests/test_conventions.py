@@ -95,7 +95,7 @@ def test_meta_build_then_reset_parameters_matches_a_normal_build(name):
             assert not torch.any(p == 1234.5), key
     # and the model built on meta runs like any other
     shape = preset(name).frame_shape
-    out = meta(torch.rand(1, 3, *shape))
+    out = meta(torch.rand(1, 3, *shape), context=2)
     predictions = out.predictions
     if isinstance(predictions, (list, tuple)):
         predictions = predictions[0]
