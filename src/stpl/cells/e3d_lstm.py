@@ -76,6 +76,22 @@ def _check_kernel(kernel_size: object, window_length: int) -> tuple[int, int, in
     return (int(kernel[0]), int(kernel[1]), int(kernel[2]))  # type: ignore[call-overload]
 
 
+def _attend(query: Tensor, keys: Tensor) -> Tensor:
+    """``softmax(query keysᵀ) keys`` (no scaling): ``(B, L_q, C), (B, L_k, C) -> (B, L_q, C)``.
+
+    Fused attention (``F.scaled_dot_product_attention``), except for 16-bit inputs on the
+    CPU, where its kernel is slower than two batched matrix products around a softmax.
+    """
+    if query.device.type == "cpu" and (
+        query.dtype in (torch.bfloat16, torch.float16) or autocast_enabled("cpu")
+    ):
+        scores = torch.softmax(torch.bmm(query, keys.transpose(1, 2)), dim=-1)
+        return torch.bmm(scores, keys)
+    dtype = torch.promote_types(query.dtype, keys.dtype)
+    q, k = query.to(dtype)[:, None], keys.to(dtype)[:, None]
+    return F.scaled_dot_product_attention(q, k, k, scale=1.0)[:, 0]
+
+
 class WindowLayerNorm(nn.Module):
     """Layer norm of a ``(B, C, τ, H, W)`` window over ``(C, τ, H, W)``, per sample.
 
@@ -387,7 +403,7 @@ class Eidetic3DLSTMCell(nn.Module):
         b, c = t.shape[:2]
         if self.recall_layout == "reference":
             return t.reshape(b, -1, c)
-        return t.flatten(2).transpose(1, 2)
+        return t.flatten(2).transpose(1, 2).contiguous()
 
     def _recall(self, r: Tensor, c: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
         """``RECALL(r, [history, c])`` as a ``(B, C, T_r, H, W)`` map, and the new history."""
@@ -396,10 +412,7 @@ class Eidetic3DLSTMCell(nn.Module):
             r = r.expand(-1, -1, tau, -1, -1)
         query = self._tokens(r)
         keys = torch.cat((history.to(c.dtype), self._tokens(c)), dim=1)
-        dtype = torch.promote_types(query.dtype, keys.dtype)
-        out = F.scaled_dot_product_attention(
-            query.to(dtype)[:, None], keys.to(dtype)[:, None], keys.to(dtype)[:, None], scale=1.0
-        )[:, 0]
+        out = _attend(query, keys)
         if self.recall_layout == "reference":
             recall = out.reshape(b, nh, tau, hh, ww)
         else:
