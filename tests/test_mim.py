@@ -335,7 +335,7 @@ def test_compile_step_fullgraph():
     frames = frames_for(model, t=4).float()
     eager = [model(frames, context=2).predictions for _ in range(2)]
     model.reset_stationary()
-    model.compile_step(backend="aot_eager", fullgraph=True)
+    model.compile_step(backend="eager", fullgraph=True)
     compiled = [model(frames, context=2).predictions for _ in range(2)]
     assert_close(compiled, eager)
 
