@@ -60,9 +60,10 @@ class MIMN(ConvLSTMCell):
         h' = σ(o + w_co ⊙ c') ⊙ tanh(c')
 
     This is :class:`ConvLSTMCell` with ``peephole=True``, ``forget_bias=1.0`` and
-    ``gate_order="igfo"``. The peephole weights ``w_ci, w_cf, w_co`` (initialised to 0) are
-    ``peephole_weight[0..2]``, per channel, or per element with ``spatial_size=(H, W)`` as
-    OpenSTL's ``ct_weight (2C, H, W)`` (``[w_ci; w_cf]``) and ``oc_weight (C, H, W)``.
+    ``gate_order="igfo"`` (the same parameters; the sums run in the reference's order). The
+    peephole weights ``w_ci, w_cf, w_co`` (initialised to 0) are ``peephole_weight[0..2]``,
+    per channel, or per element with ``spatial_size=(H, W)`` as OpenSTL's
+    ``ct_weight (2C, H, W)`` (``[w_ci; w_cf]``) and ``oc_weight (C, H, W)``.
 
     Differences from the reference: OpenSTL's ``MIMN`` also creates a 1x1 ``conv_last``
     (``2C -> C``) that its ``forward`` never uses; it is not created here (dead weights,
@@ -110,6 +111,33 @@ class MIMN(ConvLSTMCell):
             device=device,
             dtype=dtype,
         )
+
+    def forward(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """One step: ``x: (B, C_in, H, W)``, ``state`` or ``None`` (zeros).
+
+        Returns ``(h', LSTMState(h', c'))``. The sums run in the reference's order (hidden
+        term, peephole, then input term), so float32 results round as OpenSTL's do.
+        """
+        check_map("x", x, self.in_channels)
+        if self.spatial_size is not None and tuple(x.shape[-2:]) != self.spatial_size:
+            raise ValueError(
+                f"this cell has per-element peephole weights for spatial_size="
+                f"{self.spatial_size}; got a map of size {tuple(x.shape[-2:])} "
+                "(build the cell with spatial_size=None to accept any resolution)"
+            )
+        state = self.initial_state(x) if state is None else check_state("state", state, LSTMState)
+        nh = self.hidden_channels
+        h = check_state_map("state.h", state[0], x, nh)
+        c = check_state_map("state.c", state[1], x, nh)
+        assert self.peephole_weight is not None
+        w_ci, w_cf, w_co = self.peephole_weight.unbind(0)
+        i_h, g_h, f_h, o_h = split_gates(self.conv_h(h), nh)
+        i_x, g_x, f_x, o_x = split_gates(self.conv_x(x), nh)
+        i = i_h + c * w_ci + i_x
+        f = f_h + c * w_cf + f_x
+        c_next = torch.sigmoid(f + self.forget_bias) * c + torch.sigmoid(i) * torch.tanh(g_h + g_x)
+        h_next = torch.sigmoid(o_h + o_x + c_next * w_co) * torch.tanh(c_next)
+        return h_next, LSTMState(h_next, c_next)
 
     def extra_repr(self) -> str:
         return (
