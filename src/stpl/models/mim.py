@@ -271,40 +271,32 @@ class MIM(EncoderStackDecoder):
     def _step_impl(self, x: Tensor, state: Any, action: Tensor | None) -> StepOutput:
         """One step on a patch tensor ``x: (B, p*p*C, h, w)``; ``state``: a :class:`MIMState`."""
         layer0 = cast(STLSTMCell, self.cells[0])
+        blocks: list[Any] = [None] * (self.num_layers - 1)
+        mimn: list[LSTMState] | None = None  # None: the first step of a sequence
         if state is None:
             s0 = layer0.initial_state(x)
-            blocks: list[Any] = [None] * (self.num_layers - 1)
-            first = True
-            mimn: list[LSTMState] | None = None
         else:
-            memory = state.layers[-1].m
-            s0 = state.layers[0]._replace(m=memory)
-            blocks = list(state.layers[1:])
-            mimn = state.mimn
-            first = mimn is None
+            s0 = state.layers[0]._replace(m=state.layers[-1].m)  # zigzag from the top
+            blocks, mimn = list(state.layers[1:]), state.mimn
         h, new0 = layer0(x, s0)
         new_layers: list[Any] = [new0]
         new_mimn: list[LSTMState] = []
         memory = new0.m
-        diff: Tensor | None = None
-        if not first:
-            assert state is not None
-            diff = h - state.layers[0].h
+        # MIM-N's input: the difference of layer 0's hidden states, then each MIM-N's output
+        diff = None if mimn is None else h - s0.h
         inp = h
         for layer in range(1, self.num_layers):
             block = cast(MIMBlock, self.cells[layer])
-            if first or mimn is None or diff is None:
+            if mimn is None or diff is None:  # no difference yet: MIM-N waits, d = 0
                 zero = torch.zeros_like(memory)
                 new_mimn.append(LSTMState(zero, zero))
-                diff = None
             else:
                 diff, n_state = self.mimn[layer - 1](diff, mimn[layer - 1])
                 new_mimn.append(n_state)
             block_state = blocks[layer - 1]
             if block_state is None:
                 block_state = block.initial_state(inp)
-            block_state = block_state._replace(m=memory)
-            inp, new_block = block(inp, block_state, diff)
+            inp, new_block = block(inp, block_state._replace(m=memory), diff)
             memory = new_block.m
             new_layers.append(new_block)
         return StepOutput(self.decoder(inp), MIMState(new_layers, new_mimn), None)
