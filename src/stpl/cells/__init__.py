@@ -6,7 +6,9 @@ from stpl.cells._state import LSTMState, STLSTMState
 from stpl.cells._toolkit import GateConv, LayerNorm2d, Norm
 from stpl.cells.convgru import ConvGRUCell, GRUState
 from stpl.cells.convlstm import ConvLSTMCell
+from stpl.cells.e3d_lstm import E3DLSTMState, Eidetic3DLSTMCell
 from stpl.cells.mau import MAUCell, MAUState
+from stpl.cells.mim import MIMN, MIMBlock, MIMBlockState
 from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeRNNOutput
 from stpl.cells.phycell import PhyCell, PhyCellState, moment_matrix
 from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
@@ -14,16 +16,21 @@ from stpl.cells.trajgru import TrajGRUCell
 
 __all__ = [
     "CELLS",
+    "MIMN",
     "ConvGRUCell",
     "ConvLSTMCell",
     "DCBOutput",
     "DetailContextBlock",
+    "E3DLSTMState",
+    "Eidetic3DLSTMCell",
     "GRUState",
     "GateConv",
     "LSTMState",
     "LayerNorm2d",
     "MAUCell",
     "MAUState",
+    "MIMBlock",
+    "MIMBlockState",
     "MoDeRNNCell",
     "MoDeRNNOutput",
     "Norm",

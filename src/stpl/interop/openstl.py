@@ -6,10 +6,16 @@ source                      model                         patch order
 ``"openstl_convlstm"``      ``ConvLSTM_Model``            ``predrnn``
 ``"openstl_predrnn"``       ``PredRNN_Model``             ``predrnn``
 ``"openstl_predrnnv2"``     ``PredRNNv2_Model``           ``predrnn``
+``"openstl_mim"``           ``MIM_Model``                 ``predrnn``
+``"openstl_e3dlstm"``       ``E3DLSTM_Model``             ``predrnn``
 ==========================  ============================  =============
 
 OpenSTL's ``ConvLSTMCell`` creates ``conv_o`` and ``conv_last`` and never uses them; they
-are dropped on loading.
+are dropped on loading, as is ``MIMN.conv_last`` of ``MIM_Model``. ``MIM_Model`` loads as
+:class:`stpl.models.MIM` with ``stationary_state="persistent"`` and ``E3DLSTM_Model`` as
+:class:`stpl.models.E3DLSTM` with ``update_memory=False, recall_layout="reference"``: the
+reference's behaviour (``docs/cells/mim.md``, ``docs/cells/e3d_lstm.md``). MIM's
+``ct_weight (2C, H, W)`` and ``oc_weight (C, H, W)`` become ``peephole_weight (3, C, H, W)``.
 """
 
 from __future__ import annotations
@@ -17,18 +23,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from stpl.cells import ConvLSTMCell
 from stpl.interop._common import (
     CellSource,
+    ModelSource,
+    layer_count,
     load_checked,
     need,
     norm_options,
     register_cell_source,
     register_source,
+    unwrap_checkpoint,
 )
-from stpl.interop.predrnn import _stlstm_key, stack_source
+from stpl.interop.predrnn import _stlstm_key, permute_patch_channels, stack_source
+from stpl.models.e3d_lstm import E3DLSTM
+from stpl.models.mim import MIM
+from stpl.patching import PatchOrder, check_patch_order
 
 __all__ = [
     "StateDict",
@@ -73,5 +86,236 @@ register_cell_source(
         "OpenSTL ConvLSTMCell",
         _load_convlstm_cell,
         _convert_convlstm_cell,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# MIM_Model and E3DLSTM_Model
+
+
+def _mim_peepholes(state_dict: StateDict, prefix: str, source: str) -> Tensor:
+    """``ct_weight (2C, H, W)`` and ``oc_weight (C, H, W)`` -> ``peephole_weight (3, C, H, W)``."""
+    ct = need(state_dict, f"{prefix}ct_weight", source)
+    oc = need(state_dict, f"{prefix}oc_weight", source)
+    return torch.cat((ct.reshape(2, *oc.shape), oc.unsqueeze(0)), dim=0)
+
+
+_MIM_BLOCK_KEYS = {
+    "conv_x_cc.": "conv_x.",
+    "conv_t_cc.": "conv_h.",
+    "conv_s_cc.": "conv_m.",
+    "conv_last.": "conv_last.",
+    "conv_x_concat.": "stationary.conv_x.",
+    "conv_h_concat.": "stationary.conv_h.",
+}
+_MIMN_KEYS = {"conv_x_concat.": "conv_x.", "conv_h_concat.": "conv_h."}
+
+
+def _rename(key: str, table: Mapping[str, str]) -> str | None:
+    for old, new in table.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return None
+
+
+def _convert_mim(
+    state_dict: StateDict,
+    *,
+    patch_size: int,
+    image_channels: int,
+    patch_order: PatchOrder | None = None,
+    **unused: Any,
+) -> dict[str, Tensor]:
+    source = "openstl_mim"
+    state_dict = unwrap_checkpoint(state_dict)
+    out: dict[str, Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state_dict.items():
+        head, _, rest = key.partition(".")
+        layer, _, name = rest.partition(".")
+        if head == "stlstm_layer" and layer == "0":
+            out[f"cells.0.{name}"] = value
+        elif head == "stlstm_layer" and layer.isdigit():
+            if name in ("ct_weight", "oc_weight"):
+                if name == "ct_weight":
+                    out[f"cells.{layer}.stationary.peephole_weight"] = _mim_peepholes(
+                        state_dict, f"stlstm_layer.{layer}.", source
+                    )
+                continue
+            new = _rename(name, _MIM_BLOCK_KEYS)
+            if new is None:
+                unexpected.append(key)
+            else:
+                out[f"cells.{layer}.{new}"] = value
+        elif head == "stlstm_layer_diff" and layer.isdigit():
+            if name == "ct_weight":
+                out[f"mimn.{layer}.peephole_weight"] = _mim_peepholes(
+                    state_dict, f"stlstm_layer_diff.{layer}.", source
+                )
+            elif name == "oc_weight" or name.startswith("conv_last."):
+                continue  # oc_weight joins ct_weight; conv_last is never used (dead)
+            else:
+                new = _rename(name, _MIMN_KEYS)
+                if new is None:
+                    unexpected.append(key)
+                else:
+                    out[f"mimn.{layer}.{new}"] = value
+        elif key == "conv_last.weight":
+            out["decoder.weight"] = value
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise ValueError(f"state_dict of source {source!r} has unexpected keys: {unexpected}")
+    permute_patch_channels(
+        out,
+        image_channels=image_channels,
+        patch_size=patch_size,
+        source_order="predrnn",
+        target_order="predrnn" if patch_order is None else check_patch_order(patch_order),
+        first="cells.0.conv_x.0.weight",
+    )
+    return out
+
+
+def _load_mim(
+    state_dict: StateDict, *, patch_size: int, image_channels: int, **options: Any
+) -> nn.Module:
+    source = "openstl_mim"
+    state_dict = unwrap_checkpoint(state_dict)
+    num_layers = layer_count(state_dict, "stlstm_layer")
+    hidden = [
+        int(need(state_dict, f"stlstm_layer.{layer}.conv_last.weight", source).shape[0])
+        for layer in range(num_layers)
+    ]
+    kernel = int(need(state_dict, "stlstm_layer.0.conv_x.0.weight", source).shape[-1])
+    built: dict[str, Any] = {
+        "in_channels": image_channels,
+        "hidden_channels": hidden,
+        "patch_size": patch_size,
+        "kernel_size": kernel,
+        "stationary_state": "persistent",
+        "patch_order": "predrnn",
+    }
+    built.update(norm_options(state_dict, "stlstm_layer.0.conv_x.1.weight"))
+    if num_layers > 1:
+        ct = need(state_dict, "stlstm_layer.1.ct_weight", source)
+        built["spatial_size"] = (int(ct.shape[-2]), int(ct.shape[-1]))
+    built.update(options)
+    converted = _convert_mim(
+        state_dict,
+        patch_size=patch_size,
+        image_channels=image_channels,
+        patch_order=built["patch_order"],
+    )
+    model = MIM(**built)
+    hint = f"patch_size={patch_size}, image_channels={image_channels}?"
+    return load_checked(model, converted, source, hint)
+
+
+_E3D_KEYS = {
+    "_norm_c_t.": "norm_c.",
+    "conv_last.conv3d.": "conv_last.",
+}
+
+
+def _e3d_key(name: str) -> str | None:
+    new = _rename(name, _E3D_KEYS)
+    if new is not None:
+        return new
+    conv, _, rest = name.partition(".")
+    if conv in ("conv_x", "conv_h", "conv_gm", "conv_new_cell", "conv_new_gm"):
+        if rest.startswith("0.conv3d."):
+            return f"{conv}.conv.{rest[len('0.conv3d.') :]}"
+        if rest.startswith("1."):
+            return f"{conv}.norm.{rest[2:]}"
+    return None
+
+
+def _convert_e3dlstm(
+    state_dict: StateDict,
+    *,
+    patch_size: int,
+    image_channels: int,
+    patch_order: PatchOrder | None = None,
+    **unused: Any,
+) -> dict[str, Tensor]:
+    source = "openstl_e3dlstm"
+    state_dict = unwrap_checkpoint(state_dict)
+    out: dict[str, Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state_dict.items():
+        head, _, rest = key.partition(".")
+        layer, _, name = rest.partition(".")
+        new = _e3d_key(name) if head == "cell_list" and layer.isdigit() else None
+        if new is not None:
+            out[f"cells.{layer}.{new}"] = value
+        elif key == "conv_last.weight":
+            out["decoder.weight"] = value
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise ValueError(f"state_dict of source {source!r} has unexpected keys: {unexpected}")
+    permute_patch_channels(
+        out,
+        image_channels=image_channels,
+        patch_size=patch_size,
+        source_order="predrnn",
+        target_order="predrnn" if patch_order is None else check_patch_order(patch_order),
+        first="cells.0.conv_x.conv.weight",
+    )
+    return out
+
+
+def _load_e3dlstm(
+    state_dict: StateDict, *, patch_size: int, image_channels: int, **options: Any
+) -> nn.Module:
+    source = "openstl_e3dlstm"
+    state_dict = unwrap_checkpoint(state_dict)
+    num_layers = layer_count(state_dict, "cell_list")
+    norm_c = [
+        need(state_dict, f"cell_list.{layer}._norm_c_t.weight", source)
+        for layer in range(num_layers)
+    ]
+    kernel = need(state_dict, "cell_list.0.conv_x.0.conv3d.weight", source).shape[-3:]
+    built: dict[str, Any] = {
+        "in_channels": image_channels,
+        "hidden_channels": [int(w.shape[0]) for w in norm_c],
+        "patch_size": patch_size,
+        "kernel_size": tuple(int(k) for k in kernel),
+        "window_length": int(norm_c[0].shape[1]),
+        "spatial_size": (int(norm_c[0].shape[-2]), int(norm_c[0].shape[-1])),
+        "norm": "layer" if "cell_list.0.conv_x.1.weight" in state_dict else None,
+        "update_memory": False,
+        "recall_layout": "reference",
+        "memory_length": None,
+        "patch_order": "predrnn",
+    }
+    built.update(options)
+    converted = _convert_e3dlstm(
+        state_dict,
+        patch_size=patch_size,
+        image_channels=image_channels,
+        patch_order=built["patch_order"],
+    )
+    model = E3DLSTM(**built)
+    hint = f"patch_size={patch_size}, image_channels={image_channels}?"
+    return load_checked(model, converted, source, hint)
+
+
+register_source(
+    ModelSource(
+        "openstl_mim",
+        "OpenSTL MIM_Model (stationary_state='persistent', as the reference)",
+        _load_mim,
+        _convert_mim,
+    )
+)
+register_source(
+    ModelSource(
+        "openstl_e3dlstm",
+        "OpenSTL E3DLSTM_Model (update_memory=False, recall_layout='reference', as the reference)",
+        _load_e3dlstm,
+        _convert_e3dlstm,
     )
 )

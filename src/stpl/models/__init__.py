@@ -7,18 +7,24 @@ from stpl.models._base import (
     StepOutput,
     StreamState,
 )
+from stpl.models.e3d_lstm import E3DLSTM, E3DState
 from stpl.models.encoder_forecaster import EncoderForecaster
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
 from stpl.models.mau import MAU
+from stpl.models.mim import MIM, MIMState
 from stpl.models.phydnet import PhyDNet, PhyDNetState
 
 __all__ = [
+    "E3DLSTM",
     "MAU",
+    "MIM",
     "CellFactory",
+    "E3DState",
     "EncoderForecaster",
     "EncoderStackDecoder",
     "Generation",
     "LayerState",
+    "MIMState",
     "PhyDNet",
     "PhyDNetState",
     "PredictorOutput",
