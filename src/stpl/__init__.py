@@ -16,6 +16,8 @@ from stpl.cells import (
     STLSTMCell,
     STLSTMOutput,
     STLSTMState,
+    SwinLSTMCell,
+    SwinLSTMState,
     register_cell,
 )
 from stpl.models import (
@@ -24,6 +26,8 @@ from stpl.models import (
     PredictorOutput,
     RecurrentPredictor,
     StreamState,
+    SwinLSTMB,
+    SwinLSTMD,
 )
 from stpl.patching import PatchOrder, patchify, unpatchify
 from stpl.registry import PRESETS, get_model, list_models
@@ -52,6 +56,10 @@ __all__ = [
     "STLSTMOutput",
     "STLSTMState",
     "StreamState",
+    "SwinLSTMB",
+    "SwinLSTMCell",
+    "SwinLSTMD",
+    "SwinLSTMState",
     "__version__",
     "data",
     "get_model",

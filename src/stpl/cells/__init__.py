@@ -7,6 +7,7 @@ from stpl.cells._toolkit import GateConv, LayerNorm2d, Norm
 from stpl.cells.convlstm import ConvLSTMCell
 from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeRNNOutput
 from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
+from stpl.cells.swinlstm import SwinLSTMCell, SwinLSTMState
 
 __all__ = [
     "CELLS",
@@ -23,5 +24,7 @@ __all__ = [
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
+    "SwinLSTMCell",
+    "SwinLSTMState",
     "register_cell",
 ]

@@ -14,7 +14,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from stpl.interop import modernn, ndrplz, openstl, predrnn  # noqa: F401  (register sources)
+from stpl.interop import (  # noqa: F401  (register sources)
+    modernn,
+    ndrplz,
+    openstl,
+    openstl_swinlstm,
+    predrnn,
+)
 from stpl.interop._common import (
     cell_source,
     cell_sources,

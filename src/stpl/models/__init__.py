@@ -8,6 +8,7 @@ from stpl.models._base import (
     StreamState,
 )
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
+from stpl.models.swinlstm import SwinLSTMB, SwinLSTMD
 
 __all__ = [
     "CellFactory",
@@ -18,4 +19,6 @@ __all__ = [
     "RecurrentPredictor",
     "StepOutput",
     "StreamState",
+    "SwinLSTMB",
+    "SwinLSTMD",
 ]
