@@ -9,6 +9,7 @@ models are checked against the golden files recorded from OpenSTL
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -541,6 +542,33 @@ def test_training_mode_drop_path_is_stochastic_and_trains():
     model.eval()
     with torch.no_grad():
         assert_close(model(frames).predictions, model(frames).predictions)
+
+
+def test_geometry_made_under_inference_mode_serves_a_later_training_step():
+    """Window geometry is cached per size in eager mode: tensors first built under
+    ``torch.inference_mode`` must still be usable by autograd afterwards."""
+    model = small("D", image_size=32).eval()
+    frames = torch.rand(1, 3, 1, 32, 32)  # a size no other test uses
+    with torch.inference_mode():
+        want = model(frames).predictions
+    model.train()
+    model(frames).predictions.sum().backward()
+    model.eval()
+    assert_close(model(frames).predictions, want.clone())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "mode"), [("swinlstm", "train"), ("swinlstm_b", "rollout")])
+def test_benchmark_tool_runs_the_presets(name, mode, capsys):
+    from stpl.benchmark.__main__ import main
+
+    tiny = ["--image-size", "16", "--batch", "1", "--frames", "3", "--repeats", "1"]
+    argv = ["--model", name, "--mode", mode, "--json", "--no-memory", "--no-isolated", *tiny]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["model"] == name
+    assert result["step"]["median_s"] > 0
+    assert result["flops"] > 0
 
 
 def test_model_errors():

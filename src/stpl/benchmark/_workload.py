@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from stpl.benchmark._config import BenchConfig
 from stpl.cells import ConvLSTMCell, DetailContextBlock, MoDeRNNCell, STLSTMCell
-from stpl.models import EncoderStackDecoder
+from stpl.models import RecurrentPredictor
 from stpl.registry import get_model
 
 Step = Callable[[], Any]
@@ -179,7 +179,7 @@ def build_workload(config: BenchConfig) -> Workload:
         if config.compile_scope == "module":
             runner = torch.compile(module, **kwargs)
             compile_target = "module"
-        elif isinstance(module, EncoderStackDecoder):
+        elif isinstance(module, RecurrentPredictor):
             module.compile_step(**kwargs)
             compile_target = "step"
         else:
@@ -191,8 +191,8 @@ def build_workload(config: BenchConfig) -> Workload:
     for mod in (module, twin):
         mod.train(config.mode == "train")
 
-    if isinstance(module, EncoderStackDecoder):
-        assert isinstance(twin, EncoderStackDecoder)
+    if isinstance(module, RecurrentPredictor):
+        assert isinstance(twin, RecurrentPredictor)
         return _model_workload(config, module, twin, runner, inputs, compile_target)
     assert isinstance(module, CellStack) and isinstance(twin, CellStack)
     return _cell_workload(config, module, twin, runner, inputs, compile_target)
@@ -200,8 +200,8 @@ def build_workload(config: BenchConfig) -> Workload:
 
 def _model_workload(
     config: BenchConfig,
-    module: EncoderStackDecoder,
-    twin: EncoderStackDecoder,
+    module: RecurrentPredictor,
+    twin: RecurrentPredictor,
     runner: Callable[..., Any],
     frames: Tensor,
     compile_target: str | None,

@@ -21,6 +21,7 @@ Pieces:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -155,6 +156,45 @@ def effective_shift(height: int, width: int, window_size: int, shifted: bool) ->
     return window_size // 2
 
 
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())
+
+
+def _make_geometry(
+    height: int,
+    width: int,
+    window_size: int,
+    shifted: bool,
+    device: Device,
+    dtype: torch.dtype,
+) -> WindowGeometry:
+    shift = effective_shift(height, width, window_size, shifted)
+    mask = (
+        shifted_window_mask(height, width, window_size, shift, device=device, dtype=dtype)
+        if shift
+        else None
+    )
+    return WindowGeometry(window_size, shift, relative_position_index(window_size, device), mask)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_geometry(
+    height: int,
+    width: int,
+    window_size: int,
+    shifted: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> WindowGeometry:
+    # plain tensors even when first asked for under inference_mode (inference tensors
+    # cannot be saved for backward by a later training step)
+    with torch.inference_mode(False), torch.no_grad():
+        return _make_geometry(height, width, window_size, shifted, device, dtype)
+
+
 def window_geometry(
     height: int,
     width: int,
@@ -166,6 +206,10 @@ def window_geometry(
 ) -> WindowGeometry:
     """The :class:`WindowGeometry` of a block with windows of ``window_size`` on ``H x W``.
 
+    In eager mode the (small, constant) tensors are built once per size, device and dtype
+    and reused; under ``torch.compile`` / ``torch.export`` they are built in the graph
+    (where they fold into constants).
+
     Raises:
         ValueError: H or W not divisible by ``window_size``.
     """
@@ -174,13 +218,9 @@ def window_geometry(
             f"a {height}x{width} grid cannot be cut into windows of window_size={window_size}: "
             "H and W must be divisible by it"
         )
-    shift = effective_shift(height, width, window_size, shifted)
-    mask = (
-        shifted_window_mask(height, width, window_size, shift, device=device, dtype=dtype)
-        if shift
-        else None
-    )
-    return WindowGeometry(window_size, shift, relative_position_index(window_size, device), mask)
+    if _compiling() or not isinstance(device, torch.device):
+        return _make_geometry(height, width, window_size, shifted, device, dtype)
+    return _cached_geometry(height, width, window_size, bool(shifted), device, dtype)
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
