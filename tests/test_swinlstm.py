@@ -571,6 +571,33 @@ def test_benchmark_tool_runs_the_presets(name, mode, capsys):
     assert result["flops"] > 0
 
 
+def test_checkpointed_steps_give_the_same_gradients_with_stochastic_depth():
+    """Recomputing a step in backward redraws the same drop-path masks (RNG state kept)."""
+    plain = small("D", drop_path_rate=0.5).train()
+    ckpt = small("D", drop_path_rate=0.5, checkpoint_steps=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    frames = torch.rand(2, 4, 1, 16, 16)
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(3)
+        F.mse_loss(model(frames, context=2).predictions, frames[:, 1:]).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        assert_close(grads[1][name], grad, msg=name)
+
+
+def test_built_on_meta_then_materialised():
+    with torch.device("meta"):
+        model = stpl.get_model("swinlstm", image_size=16, embed_dim=8, window_size=2)
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    table = model.down[0].blocks[0].attn.relative_position_bias_table
+    assert 0 < float(table.detach().std()) < 0.05  # truncated normal, std 0.02
+    assert torch.equal(model.down[0].blocks[0].norm1.weight, torch.ones(8))
+    out = model.eval()(torch.rand(1, 3, 1, 16, 16))
+    assert torch.isfinite(out.predictions).all()
+
+
 def test_model_errors():
     with pytest.raises(ValueError, match="patch_size must be 2; got 4"):
         stpl.get_model("swinlstm", patch_size=4)

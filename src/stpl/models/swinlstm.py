@@ -8,7 +8,7 @@ them and turn the last tokens back into a frame with a stride-2 transposed convo
   patch expansions (OpenSTL ``SwinLSTM_D_Model``, the Moving MNIST configuration).
 
 Presets: ``"swinlstm"`` (SwinLSTM-D at OpenSTL's Moving MNIST configuration;
-``variant="B"`` for SwinLSTM-B) and ``"swinlstm_b"``. ``docs/models/swinlstm.md`` has the
+``variant="B"`` for SwinLSTM-B) and ``"swinlstm_b"``. ``docs/cells/swinlstm.md`` has the
 equations, parameter counts and the differences from the reference code.
 """
 
@@ -554,9 +554,9 @@ def _register_presets() -> None:
             "image_size": 16,
             "embed_dim": 8,
             "window_size": 2,
-            "depths_downsample": (2, 1),
-            "depths_upsample": (1, 2),
-            "num_heads": (2, 2),
+            "depths_downsample": (2,),
+            "depths_upsample": (1,),
+            "num_heads": (2,),
         },
         description=(
             "SwinLSTM-D (ICCV 2023), OpenSTL's Moving MNIST configuration "
@@ -567,7 +567,7 @@ def _register_presets() -> None:
         "swinlstm_b",
         build_swinlstm,
         {"variant": "B", **common},
-        small={"image_size": 16, "embed_dim": 8, "window_size": 2, "depths": 3, "num_heads": 2},
+        small={"image_size": 16, "embed_dim": 8, "window_size": 2, "depths": 2, "num_heads": 2},
         description="SwinLSTM-B (ICCV 2023), OpenSTL's SwinLSTM-B model (depth 12, 4 heads)",
     )
 
