@@ -32,8 +32,9 @@ Usage::
     python benchmarks/twin_openstl_swinlstm.py --reference-root DIR --swinlstm-root DIR2 \\
         --image-size 32 --batch 2 --frames 6 --context 3 --embed-dim 32 --repeats 3  # CPU
 
-Each (variant, dtype, mode) writes ``twin-<preset>-<dtype>-<mode>.json`` with both medians
-and ``ratio = reference / ours`` (> 1: ours is faster).
+Each (variant, dtype, mode) writes ``twin-<preset>-<dtype>-<mode>[-<tag>].json`` with both
+medians, ``ratio = reference / ours`` (> 1: ours is faster) and the per-round ratios (on a
+machine whose load drifts, their median is the steadier number).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import statistics
 import sys
 import types
 from collections.abc import Callable
@@ -214,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
+    p.add_argument("--tag", default="", help="suffix of the result file names")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -245,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 fns = run_pair(reference, ours, frames, args, dtype, mode)
                 synchronize(device)
                 t_ref, t_ours = time_interleaved(list(fns), device, repeats=args.repeats)
+                per_round = [r / o for r, o in zip(t_ref.times, t_ours.times, strict=True)]
                 result = {
                     "preset": PRESET[variant],
                     "reference": f"OpenSTL SwinLSTM_{variant}_Model (c74deb5), SongTang-x blocks",
@@ -261,19 +265,21 @@ def main(argv: list[str] | None = None) -> int:
                     "reference_step": t_ref.to_dict(),
                     "ours_step": t_ours.to_dict(),
                     "ratio": t_ref.median_s / t_ours.median_s,
-                    "ratio_per_round": [
-                        r / o for r, o in zip(t_ref.times, t_ours.times, strict=True)
-                    ],
+                    "ratio_per_round": per_round,
+                    "ratio_median_per_round": statistics.median(per_round),
                     "machine": machine_info(device),
                 }
                 print(
                     f"{PRESET[variant]:>11} {dtype:>8} {mode:>7}: reference "
                     f"{t_ref.median_s * 1e3:9.1f} ms, ours {t_ours.median_s * 1e3:9.1f} ms, "
-                    f"ratio {result['ratio']:.3f}  (max |diff| {max_abs_diff:.1e})"
+                    f"ratio {result['ratio']:.3f} (per round: median "
+                    f"{result['ratio_median_per_round']:.3f}, {min(per_round):.2f}-"
+                    f"{max(per_round):.2f})  max |diff| {max_abs_diff:.1e}"
                 )
                 if args.out is not None:
                     args.out.mkdir(parents=True, exist_ok=True)
-                    path = args.out / f"twin-{PRESET[variant]}-{dtype}-{mode}.json"
+                    tag = f"-{args.tag}" if args.tag else ""
+                    path = args.out / f"twin-{PRESET[variant]}-{dtype}-{mode}{tag}.json"
                     path.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
