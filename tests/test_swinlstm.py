@@ -623,3 +623,6 @@ def test_model_errors():
     state = model(torch.rand(1, 3, 1, 16, 16)).state
     with pytest.raises(ValueError, match=r"state\[0\].h must be \(B, C, h, w\) = \(2, 8, 8, 8\)"):
         model(torch.rand(2, 3, 1, 16, 16), state=state)
+    with pytest.raises(ValueError, match=r"state\[1\].c has dtype torch.float64"):
+        bad = [state[0], stpl.SwinLSTMState(state[1].h, state[1].c.double())]
+        model(torch.rand(1, 3, 1, 16, 16), state=[*bad, *state[2:]])

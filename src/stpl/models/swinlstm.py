@@ -30,7 +30,13 @@ from stpl._validation import (
     check_positive_int,
     check_prob,
 )
-from stpl.cells._toolkit import Device, check_state, factory_kwargs, reset_module_parameters
+from stpl.cells._toolkit import (
+    Device,
+    autocast_enabled,
+    check_state,
+    factory_kwargs,
+    reset_module_parameters,
+)
 from stpl.cells.swin import PatchExpanding, PatchMerging
 from stpl.cells.swinlstm import SwinLSTMCell, SwinLSTMState
 from stpl.models._base import RecurrentPredictor, StepOutput
@@ -211,6 +217,10 @@ class _SwinLSTMBase(RecurrentPredictor):
                 if t.device != frames.device:
                     raise ValueError(
                         f"state[{i}].{name} is on {t.device}, but the frames are on {frames.device}"
+                    )
+                if t.dtype != frames.dtype and not autocast_enabled(frames.device.type):
+                    raise ValueError(
+                        f"state[{i}].{name} has dtype {t.dtype}, but the frames have {frames.dtype}"
                     )
             out.append(s)
         return out
