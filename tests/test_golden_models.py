@@ -43,6 +43,8 @@ TESTED_ELSEWHERE = {
     "model_openstl_mau": "test_mau.py",
     "model_openstl_phydnet": "test_phydnet.py",
     "model_hzzone_encoder_forecaster": "test_encoder_forecaster.py",
+    "model_openstl_swinlstm": "test_swinlstm.py",
+    "model_openstl_swinlstm_b": "test_swinlstm.py",
 }
 NOT_SUPPORTED = {"model_openstl_predrnnpp"}
 # references whose training loss is MSE + L1 (OpenSTL E3DLSTM_Model) instead of MSE

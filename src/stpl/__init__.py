@@ -28,6 +28,8 @@ from stpl.cells import (
     STLSTMCell,
     STLSTMOutput,
     STLSTMState,
+    SwinLSTMCell,
+    SwinLSTMState,
     TrajGRUCell,
     register_cell,
 )
@@ -44,6 +46,8 @@ from stpl.models import (
     PredictorOutput,
     RecurrentPredictor,
     StreamState,
+    SwinLSTMB,
+    SwinLSTMD,
 )
 from stpl.patching import PatchOrder, patchify, unpatchify
 from stpl.registry import PRESETS, get_model, list_models
@@ -91,6 +95,10 @@ __all__ = [
     "STLSTMOutput",
     "STLSTMState",
     "StreamState",
+    "SwinLSTMB",
+    "SwinLSTMCell",
+    "SwinLSTMD",
+    "SwinLSTMState",
     "TrajGRUCell",
     "__version__",
     "data",

@@ -12,6 +12,7 @@ from stpl.cells.mim import MIMN, MIMBlock, MIMBlockState
 from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeRNNOutput
 from stpl.cells.phycell import PhyCell, PhyCellState, moment_matrix
 from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
+from stpl.cells.swinlstm import SwinLSTMCell, SwinLSTMState
 from stpl.cells.trajgru import TrajGRUCell
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
+    "SwinLSTMCell",
+    "SwinLSTMState",
     "TrajGRUCell",
     "moment_matrix",
     "register_cell",

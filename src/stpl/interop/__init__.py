@@ -22,6 +22,7 @@ from stpl.interop import (  # noqa: F401  (register sources)
     ndrplz,
     openstl,
     openstl_mau_phydnet,
+    openstl_swinlstm,
     predrnn,
 )
 from stpl.interop._common import (

@@ -13,6 +13,7 @@ from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, 
 from stpl.models.mau import MAU
 from stpl.models.mim import MIM, MIMState
 from stpl.models.phydnet import PhyDNet, PhyDNetState
+from stpl.models.swinlstm import SwinLSTMB, SwinLSTMD
 
 __all__ = [
     "E3DLSTM",
@@ -31,4 +32,6 @@ __all__ = [
     "RecurrentPredictor",
     "StepOutput",
     "StreamState",
+    "SwinLSTMB",
+    "SwinLSTMD",
 ]
