@@ -54,6 +54,7 @@ def test_training_forward_and_generate_compile_as_one_graph(name, fresh_dynamo):
 
     def loss_of(fn):
         model.zero_grad()
+        torch.manual_seed(3)  # stochastic depth (SwinLSTM) draws the same numbers in both
         out = fn(frames, **kwargs)
         predictions = out.predictions
         if isinstance(predictions, (list, tuple, dict)):

@@ -160,7 +160,7 @@ def test_forward_state_continues_with_the_frame_after_the_last_one_read(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_autocast_stays_close_to_float32(name):
     """Mixed precision changes the numbers by bf16 rounding, not more: predictions and the
-    loss within a few percent (relative L2) of the float32 run, all gradients together
+    loss within 5 % (relative L2) of the float32 run, all gradients together
     within 30 % (the small random models here have tiny gradients; PhyDNet's, the worst,
     are 21 % off: a wrong dtype path or a float32-only op gone wrong gives ~100 %)."""
     model, shape = small(name)
@@ -182,7 +182,7 @@ def test_bf16_autocast_stays_close_to_float32(name):
 
     p32, l32, g32 = run(False)
     p16, l16, g16 = run(True)
-    assert rel(p16, p32) < 0.03, name
+    assert rel(p16, p32) < 0.05, name
     assert rel(l16, l32) < 0.05, name
     assert g16.keys() == g32.keys()
     total16 = torch.cat([g.flatten() for g in g16.values()])

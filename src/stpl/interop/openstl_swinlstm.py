@@ -47,6 +47,8 @@ from stpl.interop._common import (
 )
 from stpl.models.swinlstm import SwinLSTMB, SwinLSTMD
 
+__all__ = ["StateDict"]
+
 StateDict = Mapping[str, Tensor]
 SOURCE = "openstl_swinlstm"
 
