@@ -8,12 +8,26 @@ from stpl.models._base import (
     StreamState,
 )
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
+from stpl.models.hierarchical import (
+    HierarchicalOutput,
+    HierarchicalPredictor,
+    HierarchicalState,
+    HierarchicalStream,
+    LatentStats,
+    LevelState,
+)
 
 __all__ = [
     "CellFactory",
     "EncoderStackDecoder",
     "Generation",
+    "HierarchicalOutput",
+    "HierarchicalPredictor",
+    "HierarchicalState",
+    "HierarchicalStream",
+    "LatentStats",
     "LayerState",
+    "LevelState",
     "PredictorOutput",
     "RecurrentPredictor",
     "StepOutput",
