@@ -2,6 +2,8 @@
 
 * :class:`MovingDigits`: seeded Moving-MNIST-style sequences with procedural digit glyphs
   (no download), or with real MNIST digits from :func:`load_idx_digits`.
+* :class:`MovingDigitsHeatmaps`: the same sequences with MSPred's heatmap targets of the
+  digit centres (:func:`moving_digits_heatmaps`, :func:`gaussian_heatmaps`).
 * :class:`MovingMNISTFile`: the standard ``mnist_test_seq.npy`` test set.
 * :class:`PredRNNNpz`: PredRNN's ``.npz`` clip files.
 * :class:`VideoWindows`: sliding windows over your own tensors.
@@ -11,18 +13,32 @@ See ``docs/data.md``.
 """
 
 from stpl.data.glyphs import render_digit
+from stpl.data.heatmaps import (
+    MSPRED_SIGMAS,
+    HeatmapSample,
+    MovingDigitsHeatmaps,
+    digit_centers,
+    gaussian_heatmaps,
+    moving_digits_heatmaps,
+)
 from stpl.data.moving_digits import MovingDigits, SequenceInfo
 from stpl.data.readers import MovingMNISTFile, PredRNNNpz, load_idx_digits, read_idx
 from stpl.data.video import FrameFolder, VideoWindows
 
 __all__ = [
+    "MSPRED_SIGMAS",
     "FrameFolder",
+    "HeatmapSample",
     "MovingDigits",
+    "MovingDigitsHeatmaps",
     "MovingMNISTFile",
     "PredRNNNpz",
     "SequenceInfo",
     "VideoWindows",
+    "digit_centers",
+    "gaussian_heatmaps",
     "load_idx_digits",
+    "moving_digits_heatmaps",
     "read_idx",
     "render_digit",
 ]

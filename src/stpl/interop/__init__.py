@@ -14,8 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from stpl.interop import modernn, ndrplz, openstl, predrnn  # noqa: F401  (register sources)
-from stpl.interop import mspred  # noqa: F401  (register sources)
+from stpl.interop import modernn, mspred, ndrplz, openstl, predrnn  # noqa: F401  (register sources)
 from stpl.interop._common import (
     cell_source,
     cell_sources,

@@ -58,7 +58,9 @@ def mspred_options(state_dict: Mapping[str, Any], *, image_channels: int) -> dic
             f"{first.shape[1]} channels (encoder.c1.main.0.weight {tuple(first.shape)})"
         )
     top = need(sd, f"encoder.c{levels + 1}.0.weight", _SOURCE)
-    hidden = [int(need(sd, f"predictor.{h}.input_conv.weight", _SOURCE).shape[0]) for h in range(levels)]
+    hidden = [
+        int(need(sd, f"predictor.{h}.input_conv.weight", _SOURCE).shape[0]) for h in range(levels)
+    ]
     layers = [_layers(sd, f"predictor.{h}") for h in range(levels)]
     kernel = int(need(sd, "predictor.0.cell_list.0.conv.weight", _SOURCE).shape[-1])
     options: dict[str, Any] = {
@@ -140,7 +142,9 @@ def convert_mspred(
             continue
         m = re.match(r"^(predictor|prior|posterior)\.(\d+)\.(.+)$", key)
         if m:
-            group = {"predictor": "levels", "prior": "priors", "posterior": "posteriors"}[m.group(1)]
+            group = {"predictor": "levels", "prior": "priors", "posterior": "posteriors"}[
+                m.group(1)
+            ]
             h, rest = m.group(2), m.group(3)
             cell = re.match(r"^cell_list\.(\d+)\.(.+)$", rest)
             if cell:
@@ -148,9 +152,9 @@ def convert_mspred(
             elif rest.startswith("input_conv."):
                 out[f"{group}.{h}.{rest}"] = value
             elif rest.startswith("out_proj.0."):
-                out[f"{group}.{h}.output_conv.{rest[len('out_proj.0.'):]}"] = value
+                out[f"{group}.{h}.output_conv.{rest[len('out_proj.0.') :]}"] = value
             elif rest.startswith("mu_var_net."):
-                out[f"{group}.{h}.stats_conv.{rest[len('mu_var_net.'):]}"] = value
+                out[f"{group}.{h}.stats_conv.{rest[len('mu_var_net.') :]}"] = value
             else:
                 unknown.append(key)
             continue

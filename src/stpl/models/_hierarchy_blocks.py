@@ -21,7 +21,7 @@ one call per frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -52,7 +52,7 @@ class FrameBatchNorm2d(nn.BatchNorm2d):
     call updates them once, with the average of its frames' batch statistics.
     """
 
-    def forward(self, x: Tensor, groups: int = 1) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, groups: int = 1) -> Tensor:
         if groups == 1:
             return super().forward(x)
         n, c, h, w = x.shape
@@ -67,7 +67,7 @@ class FrameBatchNorm2d(nn.BatchNorm2d):
         if self.training and self.running_mean is not None and self.running_var is not None:
             running_mean = self.running_mean.repeat(groups)
             running_var = self.running_var.repeat(groups)
-            self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
+            self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
             momentum = (
                 self.momentum
                 if self.momentum is not None
@@ -137,13 +137,15 @@ class DCGANEncoder(nn.Module):
         for i, c in enumerate(channels):
             last = i == len(channels) - 1
             conv = nn.Conv2d(c_in, c, 4, 2, 1, bias=bias, **factory)
-            blocks.append(_ConvBlock(conv, _bn(c, running_stats, factory), torch.tanh if last else _lrelu))
+            blocks.append(
+                _ConvBlock(conv, _bn(c, running_stats, factory), torch.tanh if last else _lrelu)
+            )
             c_in = c
         self.blocks = nn.ModuleList(blocks)
         self.channels = tuple(channels)
 
     def forward(self, x: Tensor, groups: int = 1) -> tuple[Tensor, ...]:
-        """``x: (B*G, C, H, W)`` -> ``(e_1, ..., e_n)``, ``e_i: (B*G, channels[i-1], H/2^i, W/2^i)``."""
+        """``x: (B*G, C, H, W)`` -> ``(e_1, ..., e_n)``, ``e_i: (B*G, c_i, H/2^i, W/2^i)``."""
         maps = []
         for block in self.blocks:
             x = block(x, groups)
@@ -187,7 +189,7 @@ class UNetDecoder(nn.Module):
     def forward(
         self, top: Tensor, skips: Sequence[Tensor], groups: int = 1
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """``top: (B*G, c_n, ...)``, ``skips = (s_1, ..., s_{n-1})`` -> frame, ``(d_1, ..., d_{n-1})``."""
+        """``top: (B*G, c_n, ...)``, ``skips (s_1..s_{n-1})`` -> frame, ``(d_1..d_{n-1})``."""
         maps = []
         x = self.blocks[0](top, groups)
         maps.append(x)
@@ -200,7 +202,7 @@ class UNetDecoder(nn.Module):
 
 
 class DeconvHead(nn.Module):
-    """A level's head: ``num_layers`` x (transposed 4x4 conv, batch norm, ReLU), 1x1 conv, sigmoid."""
+    """A level's head: ``num_layers`` x (transposed 4x4 conv, BN, ReLU), 1x1 conv, sigmoid."""
 
     def __init__(
         self,
@@ -232,7 +234,7 @@ class DeconvHead(nn.Module):
 
 
 def run_cells(
-    cells: Sequence[nn.Module], x: Tensor, states: Sequence[Any], zigzag: bool
+    cells: Iterable[nn.Module], x: Tensor, states: Sequence[Any], zigzag: bool
 ) -> tuple[Tensor, tuple[Any, ...]]:
     """Run ``x`` up a stack of cells; returns the top hidden map and the new states.
 
@@ -243,14 +245,27 @@ def run_cells(
     memory: Tensor | None = states[-1][2] if zigzag else None
     for cell, state in zip(cells, states, strict=True):
         if zigzag and memory is not None:
-            state = state._replace(m=memory) if hasattr(state, "_replace") else (
-                *state[:2], memory, *state[3:]
+            state = (
+                state._replace(m=memory)
+                if hasattr(state, "_replace")
+                else (*state[:2], memory, *state[3:])
             )
         x, state = cell(x, state)
         if zigzag:
             memory = state[2]
         new_states.append(state)
     return x, tuple(new_states)
+
+
+def _initial_states(cells: Iterable[nn.Module], x: Tensor) -> tuple[Any, ...]:
+    """Each cell's zero state, with no tensor shared between fields or layers (a shared
+    zero tensor would give compiled graphs an aliasing variant of their inputs)."""
+    states = []
+    for cell in cells:
+        state = cell.initial_state(x)  # type: ignore[operator]
+        fields = [t.clone() if isinstance(t, Tensor) else t for t in state]
+        states.append(type(state)(*fields) if hasattr(state, "_fields") else tuple(fields))
+    return tuple(states)
 
 
 class LevelPredictor(nn.Module):
@@ -274,13 +289,15 @@ class LevelPredictor(nn.Module):
         super().__init__()
         pad = kernel_size // 2
         self.input_conv = nn.Conv2d(in_channels, hidden_channels, kernel_size, 1, pad, **factory)
-        self.cells = nn.ModuleList([build(hidden_channels, hidden_channels) for _ in range(num_layers)])
+        self.cells = nn.ModuleList(
+            [build(hidden_channels, hidden_channels) for _ in range(num_layers)]
+        )
         self.output_conv = nn.Conv2d(hidden_channels, out_channels, kernel_size, 1, pad, **factory)
         self.zigzag = bool(getattr(self.cells[0], "zigzag_memory", False))
 
     def initial_state(self, x: Tensor) -> tuple[Any, ...]:
         """Zero states of every layer for input maps like ``x: (B, hidden, h, w)``."""
-        return tuple(cell.initial_state(x) for cell in self.cells)  # type: ignore[operator]
+        return _initial_states(self.cells, x)
 
     def forward(self, x: Tensor, states: Sequence[Any]) -> tuple[Tensor, tuple[Any, ...]]:
         """``x: (B, in, h, w)`` -> ``(y: (B, out, h, w), new per-layer states)``."""
@@ -310,7 +327,9 @@ class GaussianLatent(nn.Module):
         super().__init__()
         pad = kernel_size // 2
         self.input_conv = nn.Conv2d(in_channels, hidden_channels, kernel_size, 1, pad, **factory)
-        self.cells = nn.ModuleList([build(hidden_channels, hidden_channels) for _ in range(num_layers)])
+        self.cells = nn.ModuleList(
+            [build(hidden_channels, hidden_channels) for _ in range(num_layers)]
+        )
         self.stats_conv = nn.Conv2d(
             hidden_channels, 2 * latent_channels, kernel_size, 1, pad, **factory
         )
@@ -319,7 +338,7 @@ class GaussianLatent(nn.Module):
 
     def initial_state(self, x: Tensor) -> tuple[Any, ...]:
         """Zero states of every layer for maps like ``x: (B, hidden, h, w)``."""
-        return tuple(cell.initial_state(x) for cell in self.cells)  # type: ignore[operator]
+        return _initial_states(self.cells, x)
 
     def forward(
         self, x: Tensor, states: Sequence[Any]

@@ -15,6 +15,7 @@ source ``"mspred"`` loads the reference's checkpoints into an equal model.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -178,7 +179,9 @@ class HierarchicalOutput(NamedTuple):
         return frames
 
 
-def _per_level(name: str, value: object, levels: int, check: Callable[[str, Any], Any]) -> list[Any]:
+def _per_level(
+    name: str, value: object, levels: int, check: Callable[[str, Any], Any]
+) -> list[Any]:
     """One value per level from a scalar or a sequence of ``levels`` values."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         items = list(value)
@@ -193,8 +196,25 @@ def _per_level(name: str, value: object, levels: int, check: Callable[[str, Any]
 
 def _check_cell_name(name: str, value: object) -> str:
     if not isinstance(value, str) or value not in CELLS:
-        raise ValueError(f"{name} must be a registered cell name, one of {sorted(CELLS)}; got {value!r}")
+        raise ValueError(
+            f"{name} must be a registered cell name, one of {sorted(CELLS)}; got {value!r}"
+        )
     return value
+
+
+def _own_code(module: nn.Module, key: str) -> Callable[..., Any]:
+    """``module(x, states)`` as a function with a code object of its own.
+
+    ``torch.compile`` keeps its graphs per code object, with a limit on their number
+    (``torch._dynamo.config.recompile_limit``); the levels and latents share their classes'
+    ``forward`` but not their shapes, so each gets its own code object, hence its own cache.
+    """
+
+    def call(x: Tensor, states: Any) -> Any:
+        return module(x, states)
+
+    code = call.__code__.replace(co_name=f"mspred_{key.replace('.', '_')}")
+    return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
 
 
 def _state_error(what: str, got: object) -> ValueError:
@@ -332,11 +352,11 @@ class HierarchicalPredictor(RecurrentPredictor):
         self.cells_per_level = tuple(_per_level("cell", cell, levels, _check_cell_name))
         self.kernel_size = check_kernel_size("kernel_size", kernel_size)
         self.num_filters = check_positive_int("num_filters", num_filters)
-        self.dim = check_positive_int(
-            "dim", self.num_filters * 2**levels if dim is None else dim
-        )
+        self.dim = check_positive_int("dim", self.num_filters * 2**levels if dim is None else dim)
         self.latent_channels = (
-            None if latent_channels is None else check_positive_int("latent_channels", latent_channels)
+            None
+            if latent_channels is None
+            else check_positive_int("latent_channels", latent_channels)
         )
         self.ancestral = check_bool("ancestral", ancestral)
         self.head_schedule: HeadSchedule = check_choice(
@@ -454,8 +474,10 @@ class HierarchicalPredictor(RecurrentPredictor):
     ) -> CellBuilder:
         cls = CELLS[name]
         accepted = set(cell_options(cls)) - {"device", "dtype"}
-        where = f"HierarchicalPredictor(cell={name!r})" if level is not None else (
-            f"HierarchicalPredictor(latent_cell={name!r})"
+        where = (
+            f"HierarchicalPredictor(cell={name!r})"
+            if level is not None
+            else (f"HierarchicalPredictor(latent_cell={name!r})")
         )
         check_options(where, options, accepted)
         opts = dict(options)
@@ -566,31 +588,40 @@ class HierarchicalPredictor(RecurrentPredictor):
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"{name}.step must be an int >= 0; got {step!r}")
         if not isinstance(state.levels, tuple) or len(state.levels) != self.num_levels:
-            got = len(state.levels) if isinstance(state.levels, (tuple, list)) else state.levels
-            raise ValueError(f"{name}.levels must hold one LevelState per level ({self.num_levels}); got {got!r}")
+            n = len(state.levels) if isinstance(state.levels, (tuple, list)) else state.levels
+            raise ValueError(
+                f"{name}.levels must hold one LevelState per level ({self.num_levels}); got {n!r}"
+            )
         b, _, _, height, width = frames.shape
         for h, level in enumerate(state.levels):
             if not isinstance(level, LevelState):
-                raise ValueError(f"{name}.levels[{h}] must be a LevelState; got {type(level).__name__}")
-            want = (b, self.level_channels[h], *self._level_size(h, height, width))
-            if not isinstance(level.output, Tensor) or tuple(level.output.shape) != want:
-                got = tuple(level.output.shape) if isinstance(level.output, Tensor) else level.output
                 raise ValueError(
-                    f"{name}.levels[{h}].output must be (B, C_h, h, w) = {want} to match the "
+                    f"{name}.levels[{h}] must be a LevelState; got {type(level).__name__}"
+                )
+            shape = (b, self.level_channels[h], *self._level_size(h, height, width))
+            if not isinstance(level.output, Tensor) or tuple(level.output.shape) != shape:
+                got = (
+                    tuple(level.output.shape) if isinstance(level.output, Tensor) else level.output
+                )
+                raise ValueError(
+                    f"{name}.levels[{h}].output must be (B, C_h, h, w) = {shape} to match the "
                     f"frames {tuple(frames.shape)}; got {got} (a state from another batch size, "
                     "frame size or model?)"
                 )
             if (level.latent is None) != (self.latent_channels is None):
-                raise ValueError(
-                    f"{name}.levels[{h}]: a {'deterministic' if level.latent is None else 'stochastic'} "
-                    f"state given to a {'stochastic' if self.stochastic else 'deterministic'} model"
-                )
+                kind = "deterministic" if level.latent is None else "stochastic"
+                model = "stochastic" if self.stochastic else "deterministic"
+                raise ValueError(f"{name}.levels[{h}]: a {kind} state given to a {model} model")
             if len(level.cells) != self.num_layers[h]:
                 raise ValueError(
                     f"{name}.levels[{h}].cells must hold {self.num_layers[h]} layer states; got "
                     f"{len(level.cells)}"
                 )
-            for layer, (cell, cell_state) in enumerate(zip(self.levels[h].cells, level.cells, strict=True)):  # type: ignore[union-attr]
+            predictor = self.levels[h]
+            assert isinstance(predictor, LevelPredictor)
+            for layer, (cell, cell_state) in enumerate(
+                zip(predictor.cells, level.cells, strict=True)
+            ):
                 state_type = getattr(cell, "state_type", None)
                 if state_type is not None:
                     check_state(f"{name}.levels[{h}].cells[{layer}]", cell_state, state_type)
@@ -641,11 +672,11 @@ class HierarchicalPredictor(RecurrentPredictor):
             return self
         kwargs = {"dynamic": False, **compile_kwargs}
         parts: dict[str, Callable[..., Any]] = {}
-        for h, level in enumerate(self.levels):
-            parts[f"levels.{h}"] = torch.compile(level.forward, **kwargs)
-            if self.priors is not None and self.posteriors is not None:
-                parts[f"priors.{h}"] = torch.compile(self.priors[h].forward, **kwargs)
-                parts[f"posteriors.{h}"] = torch.compile(self.posteriors[h].forward, **kwargs)
+        for group in ("levels", "priors", "posteriors"):
+            modules = getattr(self, group)
+            for h, module in enumerate(modules or ()):
+                key = f"{group}.{h}"
+                parts[key] = torch.compile(_own_code(module, key), **kwargs)
         self._compiled_parts = parts
         return self
 
@@ -658,8 +689,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         return module
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state = dict(state)
+        state = dict(self.__dict__)
         state["_compiled_parts"] = None  # compiled functions are bound to this instance
         return state
 
@@ -714,7 +744,9 @@ class HierarchicalPredictor(RecurrentPredictor):
                 post: tuple[Tensor, Tensor, Tensor] | None = None
                 if posterior_inputs is not None:
                     zq, mq, lq, posterior_state = self._part("posteriors", h)(
-                        torch.cat([posterior_inputs[h], *upper], dim=1) if upper else posterior_inputs[h],
+                        torch.cat([posterior_inputs[h], *upper], dim=1)
+                        if upper
+                        else posterior_inputs[h],
                         lv.posterior,
                     )
                     post = (zq, mq, lq)
@@ -756,7 +788,9 @@ class HierarchicalPredictor(RecurrentPredictor):
         maps = self.encoder(frames.reshape(b * n, *frames.shape[2:]), n)
         if n == 1:
             return [maps]
-        per_map = [m.reshape(b, n, *m.shape[1:]).transpose(0, 1).contiguous().unbind(0) for m in maps]
+        per_map = [
+            m.reshape(b, n, *m.shape[1:]).transpose(0, 1).contiguous().unbind(0) for m in maps
+        ]
         return [tuple(m[t] for m in per_map) for t in range(n)]
 
     def _decode(
@@ -816,6 +850,7 @@ class HierarchicalPredictor(RecurrentPredictor):
                 out.append(None)
                 continue
             head = self.heads[key]
+            assert isinstance(head, DeconvHead)
             d = maps[count - h - 1]
             d = d.reshape(b, n, *d.shape[1:])
             steps = list(head_steps[h])
@@ -890,7 +925,11 @@ class HierarchicalPredictor(RecurrentPredictor):
         steps = t_total - 1
         context = self._check_context(context, t_total)
         step_mask = self._prepare_mask(mask, frames)
-        if step_mask is not None and self.feedback == "features" and step_mask.shape[-3:] != (1, 1, 1):
+        if (
+            step_mask is not None
+            and self.feedback == "features"
+            and step_mask.shape[-3:] != (1, 1, 1)
+        ):
             raise ValueError(
                 "with feedback='features' the mask mixes feature maps of several sizes, so it "
                 f"must be per sample, (B, T-2); got shape {tuple(mask.shape)}"  # type: ignore[union-attr]
@@ -930,7 +969,10 @@ class HierarchicalPredictor(RecurrentPredictor):
                     inputs = res[1:]
                 elif step_mask is not None:
                     m = step_mask[:, t - 1].reshape(b, 1, 1, 1)
-                    res = [m * e + (1 - m) * r for e, r in zip(feats[t], current.residuals, strict=True)]
+                    res = [
+                        m * e + (1 - m) * r
+                        for e, r in zip(feats[t], current.residuals, strict=True)
+                    ]
                     inputs = [
                         m * e + (1 - m) * lv.output
                         for e, lv in zip(feats[t][1:], current.levels, strict=True)
@@ -953,7 +995,9 @@ class HierarchicalPredictor(RecurrentPredictor):
                 level_outputs.append([lv.output for lv in current.levels])
                 level_residuals.append(current.residuals)
             else:
-                decoded, maps = self._decode([[lv.output for lv in current.levels]], [current.residuals])
+                decoded, maps = self._decode(
+                    [[lv.output for lv in current.levels]], [current.residuals]
+                )
                 pred = decoded[:, 0]
                 frame_preds.append(pred)
                 frame_maps.append(maps)
@@ -963,13 +1007,17 @@ class HierarchicalPredictor(RecurrentPredictor):
         else:
             predicted = torch.stack(frame_preds, dim=1)
             maps = tuple(
-                torch.stack([m[j] for m in frame_maps], dim=1).reshape(-1, *frame_maps[0][j].shape[1:])
+                torch.stack([m[j] for m in frame_maps], dim=1).reshape(
+                    -1, *frame_maps[0][j].shape[1:]
+                )
                 for j in range(len(frame_maps[0]))
             )
         head_steps: list[tuple[int, ...]] = [tuple(range(steps))]
         for h in range(1, self.num_levels):
             head_steps.append(
-                tuple(self._head_steps(h, context - 1, start, steps)) if str(h) in self.heads else ()
+                tuple(self._head_steps(h, context - 1, start, steps))
+                if str(h) in self.heads
+                else ()
             )
         heads = self._run_heads(maps, steps, b, head_steps)
         latents: tuple[LatentStats, ...] | None = None
@@ -989,10 +1037,11 @@ class HierarchicalPredictor(RecurrentPredictor):
         if not entries:
             empty = torch.empty(0)
             return LatentStats((), empty, empty, empty, empty)
-        return LatentStats(
-            tuple(e[0] for e in entries),
-            *(torch.stack([e[k] for e in entries], dim=1) for k in range(1, 5)),
+        mu_q, logvar_q, mu_p, logvar_p = (
+            torch.stack([e[k] for e in entries], dim=1)  # type: ignore[misc]
+            for k in range(1, 5)
         )
+        return LatentStats(tuple(e[0] for e in entries), mu_q, logvar_q, mu_p, logvar_p)
 
     # ------------------------------------------------------------------ streaming
     def _observe_stream(self, frames: Tensor, state: object) -> StreamState:
@@ -1125,7 +1174,9 @@ def build_mspred(**options: Any) -> HierarchicalPredictor:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2:
             raise ValueError(f"image_size must be an int or (H, W); got {image_size!r}")
-        model._check_spatial(check_int("image_size", size[0], minimum=1), check_int("image_size", size[1], minimum=1))
+        model._check_spatial(
+            check_int("image_size", size[0], minimum=1), check_int("image_size", size[1], minimum=1)
+        )
     return model
 
 

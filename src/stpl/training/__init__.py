@@ -27,6 +27,14 @@ Typical loop::
         loss.backward(); opt.step(); opt.zero_grad(); sched.step()
 """
 
+from stpl.training.hierarchical import (
+    HierarchicalLoss,
+    gaussian_kl,
+    hierarchical_loss,
+    latent_kl,
+    level_outputs,
+    mspred_loss,
+)
 from stpl.training.losses import (
     Adapter,
     LossReduction,
@@ -52,6 +60,7 @@ from stpl.training.sampling import (
 
 __all__ = [
     "Adapter",
+    "HierarchicalLoss",
     "LinearScheduledSampling",
     "LossReduction",
     "ReverseScheduledSampling",
@@ -60,10 +69,15 @@ __all__ = [
     "ScheduledSampling",
     "decoupling_loss",
     "decoupling_term",
+    "gaussian_kl",
+    "hierarchical_loss",
     "inference_mask",
+    "latent_kl",
+    "level_outputs",
     "linear_sampling_eta",
     "modernn_loss",
     "mse_l1_loss",
+    "mspred_loss",
     "predrnn_loss",
     "reverse_scheduled_sampling_mask",
     "reverse_scheduled_sampling_probs",
