@@ -206,6 +206,12 @@ def load_mspred(
                 f"p_{levels - 1}) (the default (1, 4, 8) is for three levels)"
             )
         options["periods"] = (1, 4, 8)
+    periods = options["periods"]
+    if isinstance(periods, (list, tuple)) and len(periods) != levels:
+        raise ValueError(
+            f"periods must have one entry per level of the checkpoint ({levels} levels); got "
+            f"periods={tuple(periods)}"
+        )
     built.update(options)
     model = HierarchicalPredictor(**built)
     converted = convert_mspred(sd, patch_size=patch_size, image_channels=image_channels)
