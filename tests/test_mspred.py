@@ -106,8 +106,8 @@ def test_parameter_counts_of_the_moving_mnist_configuration():
         model = stpl.get_model("mspred", device="meta", **overrides)
         return sum(p.numel() for p in model.parameters())
 
-    assert count() == 25_934_269  # mmnist.json, 3 channels (the reference's count)
-    assert count(in_channels=1) == 25_928_123
+    assert count(in_channels=3) == 25_934_269  # mmnist.json with its 3-channel data
+    assert count() == 25_928_123  # 1-channel frames, like the other presets
     assert count(latent_channels=None) == 22_992_325
     assert count(ancestral=False) == 25_899_709
 

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 
 from stpl.benchmark._config import BenchConfig
 from stpl.cells import ConvLSTMCell, DetailContextBlock, MoDeRNNCell, STLSTMCell
-from stpl.models import EncoderStackDecoder
+from stpl.models import EncoderStackDecoder, HierarchicalOutput, RecurrentPredictor
 from stpl.registry import get_model
+from stpl.training import hierarchical_loss
 
 Step = Callable[[], Any]
 """A zero-argument closure that runs one timed step."""
@@ -179,7 +180,7 @@ def build_workload(config: BenchConfig) -> Workload:
         if config.compile_scope == "module":
             runner = torch.compile(module, **kwargs)
             compile_target = "module"
-        elif isinstance(module, EncoderStackDecoder):
+        elif isinstance(module, RecurrentPredictor):
             module.compile_step(**kwargs)
             compile_target = "step"
         else:
@@ -191,8 +192,8 @@ def build_workload(config: BenchConfig) -> Workload:
     for mod in (module, twin):
         mod.train(config.mode == "train")
 
-    if isinstance(module, EncoderStackDecoder):
-        assert isinstance(twin, EncoderStackDecoder)
+    if isinstance(module, RecurrentPredictor):
+        assert isinstance(twin, RecurrentPredictor)
         return _model_workload(config, module, twin, runner, inputs, compile_target)
     assert isinstance(module, CellStack) and isinstance(twin, CellStack)
     return _cell_workload(config, module, twin, runner, inputs, compile_target)
@@ -200,8 +201,8 @@ def build_workload(config: BenchConfig) -> Workload:
 
 def _model_workload(
     config: BenchConfig,
-    module: EncoderStackDecoder,
-    twin: EncoderStackDecoder,
+    module: EncoderStackDecoder | RecurrentPredictor,
+    twin: EncoderStackDecoder | RecurrentPredictor,
     runner: Callable[..., Any],
     frames: Tensor,
     compile_target: str | None,
@@ -210,14 +211,19 @@ def _model_workload(
     steps = config.frames - 1
     target = frames[:, 1:]
 
+    head_targets = _head_targets(module, frames)
+
     def train_step(fn: Callable[..., Any], mod: nn.Module) -> Step:
         def run() -> Tensor:
             mod.zero_grad(set_to_none=True)
             with autocast_context(config):
                 out = fn(frames, context)
-                loss = F.mse_loss(out.predictions.float(), target)
-                if out.decouple_loss is not None:
-                    loss = loss + 0.1 * out.decouple_loss.float()
+                if isinstance(out, HierarchicalOutput):  # MSPred: every level and the KL
+                    loss = hierarchical_loss(out, frames, head_targets, context=context).total
+                else:
+                    loss = F.mse_loss(out.predictions.float(), target)
+                    if out.decouple_loss is not None:
+                        loss = loss + 0.1 * out.decouple_loss.float()
             torch.autograd.backward(loss)
             return loss.detach()
 
@@ -227,6 +233,8 @@ def _model_workload(
         def run() -> Tensor:
             with torch.no_grad(), autocast_context(config):
                 out = fn(frames, context)
+            if isinstance(out, HierarchicalOutput):
+                return out.frames
             return out.predictions  # type: ignore[no-any-return]
 
         return run
@@ -278,6 +286,19 @@ def _model_workload(
         stream,
         compile_target,
     )
+
+
+def _head_targets(module: nn.Module, frames: Tensor) -> list[Tensor | None] | None:
+    """Random targets ``(B, T, C_h, H, W)`` for the heads of a hierarchical model."""
+    heads = getattr(module, "head_channels", None)
+    if heads is None:
+        return None
+    g = torch.Generator().manual_seed(7)
+    b, t, _, h, w = frames.shape
+    return [
+        None if c is None else torch.rand(b, t, c, h, w, generator=g).to(frames.device)
+        for c in heads
+    ]
 
 
 def _cell_workload(

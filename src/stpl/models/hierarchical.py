@@ -1181,7 +1181,7 @@ def build_mspred(**options: Any) -> HierarchicalPredictor:
 
 
 MSPRED_MMNIST: dict[str, Any] = {
-    "in_channels": 3,
+    "in_channels": 1,
     "periods": (1, 4, 8),
     "hidden_channels": 128,
     "num_layers": 4,
@@ -1197,7 +1197,8 @@ MSPRED_MMNIST: dict[str, Any] = {
     "ancestral": True,
     "head_channels": (1, 1),
 }
-"""AIS-Bonn/MSPred ``src/configs/mmnist.json``: 25,934,269 parameters (3 image channels)."""
+"""AIS-Bonn/MSPred ``src/configs/mmnist.json`` on 1-channel frames, like the other presets
+(25,928,123 parameters); ``in_channels=3`` is the file's 3-channel data (25,934,269)."""
 
 register_preset(
     "mspred",
