@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stpl.cells._state import LSTMState
+from stpl.cells.convlstm import ConvLSTMCell
+
 __all__ = [
     "DCGANEncoder",
     "DeconvHead",
@@ -35,6 +38,7 @@ __all__ = [
     "GaussianLatent",
     "LevelPredictor",
     "UNetDecoder",
+    "fused_weights",
     "run_cells",
 ]
 
@@ -233,24 +237,72 @@ class DeconvHead(nn.Module):
         return torch.sigmoid(self.out_conv(x))
 
 
+FusedWeights = tuple[tuple[Tensor, Tensor | None] | None, ...]
+"""Per layer of a stack, ``(cat[W_x, W_h], bias)`` of a plain ConvLSTM cell, else ``None``."""
+
+
+def fused_weights(cells: Iterable[nn.Module]) -> FusedWeights:
+    """The one-convolution weights of the plain ConvLSTM cells of a stack.
+
+    A :class:`~stpl.ConvLSTMCell` without layer norm or peepholes computes
+    ``W_x * x + b + W_h * h``, which is one convolution of ``cat[x, h]`` with
+    ``cat[W_x, W_h]`` (what MSPred's and ndrplz's cells compute). Concatenating the weights
+    once per call and running one convolution per step is faster than two convolutions and
+    an addition per step; other cells (``None`` entries) run their own ``forward``.
+    """
+    out: list[tuple[Tensor, Tensor | None] | None] = []
+    for cell in cells:
+        if isinstance(cell, ConvLSTMCell) and cell.norm is None and not cell.peephole:
+            wx, wh = cell.conv_x.conv, cell.conv_h.conv
+            out.append((torch.cat([wx.weight, wh.weight], dim=1), wx.bias))
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+def _fused_convlstm(
+    cell: ConvLSTMCell, x: Tensor, state: Any, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, LSTMState]:
+    """:class:`~stpl.ConvLSTMCell`'s step as one convolution of ``cat[x, h]``."""
+    h, c = state[0], state[1]
+    gates = F.conv2d(torch.cat([x, h], dim=1), weight, bias, padding=cell.kernel_size // 2)
+    chunks = torch.split(gates, cell.hidden_channels, dim=1)
+    i, f, g, o = (chunks[k] for k in cell._index)
+    if cell.forget_bias != 0.0:
+        f = f + cell.forget_bias
+    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_next = torch.sigmoid(o) * torch.tanh(c_next)
+    return h_next, LSTMState(h_next, c_next)
+
+
 def run_cells(
-    cells: Iterable[nn.Module], x: Tensor, states: Sequence[Any], zigzag: bool
+    cells: Iterable[nn.Module],
+    x: Tensor,
+    states: Sequence[Any],
+    zigzag: bool,
+    fused: FusedWeights | None = None,
 ) -> tuple[Tensor, tuple[Any, ...]]:
     """Run ``x`` up a stack of cells; returns the top hidden map and the new states.
 
     Cells with a zigzag memory (ST-LSTM) pass it as in PredRNN: layer l reads the memory of
-    layer l-1 at this tick, layer 0 the top layer's of the previous tick.
+    layer l-1 at this tick, layer 0 the top layer's of the previous tick. ``fused`` (from
+    :func:`fused_weights`) runs plain ConvLSTM cells as one convolution each.
     """
     new_states = []
     memory: Tensor | None = states[-1][2] if zigzag else None
-    for cell, state in zip(cells, states, strict=True):
+    for layer, (cell, state) in enumerate(zip(cells, states, strict=True)):
         if zigzag and memory is not None:
             state = (
                 state._replace(m=memory)
                 if hasattr(state, "_replace")
                 else (*state[:2], memory, *state[3:])
             )
-        x, state = cell(x, state)
+        one = None if fused is None else fused[layer]
+        if one is not None:
+            assert isinstance(cell, ConvLSTMCell)
+            x, state = _fused_convlstm(cell, x, state, one[0], one[1])
+        else:
+            x, state = cell(x, state)
         if zigzag:
             memory = state[2]
         new_states.append(state)
@@ -299,9 +351,14 @@ class LevelPredictor(nn.Module):
         """Zero states of every layer for input maps like ``x: (B, hidden, h, w)``."""
         return _initial_states(self.cells, x)
 
-    def forward(self, x: Tensor, states: Sequence[Any]) -> tuple[Tensor, tuple[Any, ...]]:
-        """``x: (B, in, h, w)`` -> ``(y: (B, out, h, w), new per-layer states)``."""
-        top, new_states = run_cells(self.cells, self.input_conv(x), states, self.zigzag)
+    def forward(
+        self, x: Tensor, states: Sequence[Any], fused: FusedWeights | None = None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """``x: (B, in, h, w)`` -> ``(y: (B, out, h, w), new per-layer states)``.
+
+        ``fused``: :func:`fused_weights` of ``self.cells`` (computed once per sequence).
+        """
+        top, new_states = run_cells(self.cells, self.input_conv(x), states, self.zigzag, fused)
         return torch.tanh(self.output_conv(top)), new_states
 
 
@@ -341,10 +398,13 @@ class GaussianLatent(nn.Module):
         return _initial_states(self.cells, x)
 
     def forward(
-        self, x: Tensor, states: Sequence[Any]
+        self, x: Tensor, states: Sequence[Any], fused: FusedWeights | None = None
     ) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:
-        """``x: (B, in, h, w)`` -> ``(z, mu, logvar, new states)``, each map ``(B, z, h, w)``."""
-        top, new_states = run_cells(self.cells, self.input_conv(x), states, self.zigzag)
+        """``x: (B, in, h, w)`` -> ``(z, mu, logvar, new states)``, each map ``(B, z, h, w)``.
+
+        ``fused``: :func:`fused_weights` of ``self.cells`` (computed once per sequence).
+        """
+        top, new_states = run_cells(self.cells, self.input_conv(x), states, self.zigzag, fused)
         mu, logvar = torch.chunk(self.stats_conv(top), 2, dim=1)
         std = torch.exp(0.5 * logvar)
         z = mu + std * torch.randn_like(std)

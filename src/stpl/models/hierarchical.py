@@ -39,9 +39,11 @@ from stpl.models._hierarchy_blocks import (
     DCGANEncoder,
     DeconvHead,
     FrameBatchNorm2d,
+    FusedWeights,
     GaussianLatent,
     LevelPredictor,
     UNetDecoder,
+    fused_weights,
 )
 from stpl.registry import register_preset
 
@@ -210,11 +212,27 @@ def _own_code(module: nn.Module, key: str) -> Callable[..., Any]:
     ``forward`` but not their shapes, so each gets its own code object, hence its own cache.
     """
 
-    def call(x: Tensor, states: Any) -> Any:
-        return module(x, states)
+    def call(x: Tensor, states: Any, fused: Any) -> Any:
+        return module(x, states, fused)
 
     code = call.__code__.replace(co_name=f"mspred_{key.replace('.', '_')}")
     return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
+
+
+def _pick(x: Tensor, index: Sequence[int]) -> Tensor:
+    """``x[:, index]`` (no copy when ``index`` is all of dim 1 in order)."""
+    if list(index) == list(range(x.shape[1])):
+        return x
+    return x.index_select(1, torch.tensor(list(index), device=x.device))
+
+
+def _place(values: Tensor, index: Sequence[int], steps: int) -> Tensor:
+    """A step-indexed ``(B, steps, ...)`` tensor holding ``values[:, k]`` at ``index[k]``,
+    zeros elsewhere."""
+    if list(index) == list(range(steps)):
+        return values
+    full = values.new_zeros(values.shape[0], steps, *values.shape[2:])
+    return full.index_copy(1, torch.tensor(list(index), device=values.device), values)
 
 
 def _state_error(what: str, got: object) -> ValueError:
@@ -680,6 +698,15 @@ class HierarchicalPredictor(RecurrentPredictor):
         self._compiled_parts = parts
         return self
 
+    def _fused_weights(self) -> dict[str, FusedWeights]:
+        """Per level/prior/posterior, the one-convolution weights of its plain ConvLSTM cells
+        (concatenated once per call, see :func:`fused_weights`)."""
+        out: dict[str, FusedWeights] = {}
+        for group in ("levels", "priors", "posteriors"):
+            for h, module in enumerate(getattr(self, group) or ()):
+                out[f"{group}.{h}"] = fused_weights(module.cells)
+        return out
+
     def _part(self, group: str, h: int) -> Callable[..., Any]:
         parts = self._compiled_parts
         if parts is not None:
@@ -711,6 +738,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         residuals: Sequence[Tensor] | None,
         posterior_inputs: Sequence[Tensor] | None,
         use_posterior: bool,
+        fused: Mapping[str, FusedWeights],
         record: list[list[tuple[int, Tensor, Tensor, Tensor, Tensor]]] | None = None,
         record_step: int = 0,
     ) -> HierarchicalState:
@@ -725,6 +753,7 @@ class HierarchicalPredictor(RecurrentPredictor):
             posterior_inputs: encoder maps ``e_2..e_{L+1}`` of the next frame, or ``None``
                 when it is unknown (the posterior does not run).
             use_posterior: sample the posterior's latent (else the prior's).
+            fused: :meth:`_fused_weights` of this call.
             record: per level, a list to which ``(step, mu_q, logvar_q, mu_p, logvar_p)`` is
                 appended at each posterior step.
             record_step: the step index written to ``record``.
@@ -748,6 +777,7 @@ class HierarchicalPredictor(RecurrentPredictor):
                         if upper
                         else posterior_inputs[h],
                         lv.posterior,
+                        fused[f"posteriors.{h}"],
                     )
                     post = (zq, mq, lq)
                 p = self.periods[h]
@@ -755,7 +785,9 @@ class HierarchicalPredictor(RecurrentPredictor):
                 sample = lv.prior_sample
                 if not self.stale_priors or s % (p * p) == 0 or sample is None:
                     zp, mp, lp, prior_state = self._part("priors", h)(
-                        torch.cat([u[h], *upper], dim=1) if upper else u[h], lv.prior
+                        torch.cat([u[h], *upper], dim=1) if upper else u[h],
+                        lv.prior,
+                        fused[f"priors.{h}"],
                     )
                     sample = (zp, mp, lp)
                 if use_posterior:
@@ -773,7 +805,7 @@ class HierarchicalPredictor(RecurrentPredictor):
                 continue
             lv = levels[h]
             x = u[h] if lv.latent is None else torch.cat([u[h], lv.latent], dim=1)
-            y, cells = self._part("levels", h)(x, lv.cells)
+            y, cells = self._part("levels", h)(x, lv.cells, fused[f"levels.{h}"])
             levels[h] = lv._replace(output=y, cells=cells)
         kept = state.residuals if residuals is None else tuple(residuals)
         return HierarchicalState(s + 1, tuple(levels), kept)
@@ -839,11 +871,25 @@ class HierarchicalPredictor(RecurrentPredictor):
         return [t for t in range(max(first, 0), steps) if (start + t) % p == 0]
 
     def _run_heads(
-        self, maps: tuple[Tensor, ...], n: int, b: int, head_steps: Sequence[Sequence[int]]
+        self,
+        maps: tuple[Tensor, ...],
+        decoded: Sequence[int],
+        b: int,
+        steps: int,
+        head_steps: Sequence[Sequence[int]],
     ) -> list[Tensor | None]:
-        """Heads at their steps; returns per level h >= 1 a step-indexed ``(B, n, C_h, H, W)``."""
+        """Heads at their steps; per level h >= 1 a step-indexed ``(B, steps, C_h, H, W)``.
+
+        Args:
+            maps: the decoder maps ``(d_1..d_L)`` of the decoded steps, ``(B*n, C, h, w)``.
+            decoded: the n steps (call-local) those maps belong to, in order.
+            b: the batch size.
+            steps: the call's steps (T-1).
+            head_steps: per level, the steps its head runs at (entry 0 unused).
+        """
         out: list[Tensor | None] = []
         count = self.num_levels
+        where = {t: i for i, t in enumerate(decoded)}
         for h in range(1, count):
             key = str(h)
             if key not in self.heads:
@@ -852,19 +898,16 @@ class HierarchicalPredictor(RecurrentPredictor):
             head = self.heads[key]
             assert isinstance(head, DeconvHead)
             d = maps[count - h - 1]
-            d = d.reshape(b, n, *d.shape[1:])
-            steps = list(head_steps[h])
-            if not steps:
+            d = d.reshape(b, len(decoded), *d.shape[1:])
+            wanted = list(head_steps[h])
+            if not wanted:
                 height = d.shape[-2] * 2 ** (h + 1)
                 width = d.shape[-1] * 2 ** (h + 1)
-                out.append(d.new_zeros(b, n, head.out_channels, height, width))
+                out.append(d.new_zeros(b, steps, head.out_channels, height, width))
                 continue
-            index = torch.tensor(steps, device=d.device)
-            picked = d.index_select(1, index)
-            y = head(picked.reshape(-1, *picked.shape[2:]), len(steps))
-            y = y.reshape(b, len(steps), *y.shape[1:])
-            full = y.new_zeros(b, n, *y.shape[2:])
-            out.append(full.index_copy(1, index, y))
+            picked = _pick(d, [where[t] for t in wanted])
+            y = head(picked.reshape(-1, *picked.shape[2:]), len(wanted))
+            out.append(_place(y.reshape(b, len(wanted), *y.shape[1:]), wanted, steps))
         return out
 
     # ------------------------------------------------------------------ resuming a stream
@@ -873,6 +916,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         stream: HierarchicalState | HierarchicalStream | None,
         next_frame: tuple[Tensor, ...] | None,
         like: Tensor,
+        fused: Mapping[str, FusedWeights],
     ) -> HierarchicalState:
         """The committed state before the first new frame (the held step recomputed)."""
         if stream is None:
@@ -888,6 +932,7 @@ class HierarchicalPredictor(RecurrentPredictor):
             held,
             next_frame[1:],
             True,
+            fused,
         )
 
     # ------------------------------------------------------------------ forward
@@ -898,6 +943,8 @@ class HierarchicalPredictor(RecurrentPredictor):
         mask: Tensor | None = None,
         state: Any = None,
         actions: Tensor | None = None,
+        *,
+        num_preds: int | Sequence[int] | None = None,
     ) -> HierarchicalOutput:
         """Run T-1 steps over ``frames: (B, T, C, H, W)``; returns every level's outputs.
 
@@ -916,6 +963,13 @@ class HierarchicalPredictor(RecurrentPredictor):
             state: ``out.state`` of an earlier call, a :class:`~stpl.StreamState`, or
                 ``None`` (zeros). The frames follow what the state has read.
             actions: not supported (``ValueError`` if given).
+            num_preds: compute only what the reference trainer collects (one int, or one
+                per level): level 0's frames at steps ``context-1 .. context-1+N_0-1`` and
+                each head's first ``N_h`` outputs; the other entries stay zero, the decoder
+                runs only where needed, and the loop stops after the last step an output or
+                its KL term needs (``out.state.step`` says where). Training with
+                :func:`stpl.training.hierarchical_loss` and the same ``num_preds`` computes
+                the same loss as without it, faster. ``None``: every step.
 
         Returns:
             :class:`HierarchicalOutput`.
@@ -936,6 +990,7 @@ class HierarchicalPredictor(RecurrentPredictor):
             )
         self._prepare_actions(actions, frames, steps)
         stream = self._unwrap_stream(state, frames)
+        counts = None if num_preds is None else self._check_num_preds(num_preds)
 
         stochastic = self.stochastic
         # frames to encode: the context, the masked steps' true frames (feature feedback)
@@ -947,8 +1002,10 @@ class HierarchicalPredictor(RecurrentPredictor):
         else:
             n_enc = min(context, steps)
         feats = self._encode(frames[:, :n_enc])
-        current = self._resume(stream, feats[0], frames[:, 0])
+        fused = self._fused_weights()
+        current = self._resume(stream, feats[0], frames[:, 0], fused)
         start = current.step
+        frame_steps, head_steps, last = self._plan(context, start, steps, counts)
 
         record: list[list[tuple[int, Tensor, Tensor, Tensor, Tensor]]] | None = (
             [[] for _ in range(self.num_levels)] if stochastic else None
@@ -958,7 +1015,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         frame_preds: list[Tensor] = []
         frame_maps: list[tuple[Tensor, ...]] = []
         pred: Tensor | None = None
-        for t in range(steps):
+        for t in range(last + 1):
             q = feats[t + 1][1:] if stochastic else None
             use_posterior = self.training or t < context - 1
             inputs: Sequence[Tensor] | None
@@ -990,7 +1047,7 @@ class HierarchicalPredictor(RecurrentPredictor):
                         x = m * frames[:, t] + (1 - m) * pred
                     res = self._encode(x.unsqueeze(1))[0]
                 inputs = res[1:]
-            current = self._advance(current, inputs, res, q, use_posterior, record, t)
+            current = self._advance(current, inputs, res, q, use_posterior, fused, record, t)
             if self.feedback == "features":
                 level_outputs.append([lv.output for lv in current.levels])
                 level_residuals.append(current.residuals)
@@ -1002,24 +1059,23 @@ class HierarchicalPredictor(RecurrentPredictor):
                 frame_preds.append(pred)
                 frame_maps.append(maps)
 
+        # decode the steps whose frame or decoder maps an output needs, in one call
+        needed = sorted(set(frame_steps).union(*head_steps[1:]))
         if self.feedback == "features":
-            predicted, maps = self._decode(level_outputs, level_residuals)
+            decoded, maps = self._decode(
+                [level_outputs[t] for t in needed], [level_residuals[t] for t in needed]
+            )
         else:
-            predicted = torch.stack(frame_preds, dim=1)
+            decoded = _pick(torch.stack(frame_preds, dim=1), needed)
             maps = tuple(
-                torch.stack([m[j] for m in frame_maps], dim=1).reshape(
+                _pick(torch.stack([m[j] for m in frame_maps], dim=1), needed).reshape(
                     -1, *frame_maps[0][j].shape[1:]
                 )
                 for j in range(len(frame_maps[0]))
             )
-        head_steps: list[tuple[int, ...]] = [tuple(range(steps))]
-        for h in range(1, self.num_levels):
-            head_steps.append(
-                tuple(self._head_steps(h, context - 1, start, steps))
-                if str(h) in self.heads
-                else ()
-            )
-        heads = self._run_heads(maps, steps, b, head_steps)
+        where = {t: i for i, t in enumerate(needed)}
+        predicted = _place(_pick(decoded, [where[t] for t in frame_steps]), frame_steps, steps)
+        heads = self._run_heads(maps, needed, b, steps, head_steps)
         latents: tuple[LatentStats, ...] | None = None
         if record is not None:
             latents = tuple(self._stats(entries) for entries in record)
@@ -1027,10 +1083,39 @@ class HierarchicalPredictor(RecurrentPredictor):
             (predicted, *heads),
             current,
             None,
-            tuple(head_steps),
+            (tuple(frame_steps), *(tuple(s) for s in head_steps[1:])),
             self.horizons,
             latents,
         )
+
+    def _check_num_preds(self, num_preds: object) -> list[int]:
+        return _per_level("num_preds", num_preds, self.num_levels, check_positive_int)
+
+    def _plan(
+        self, context: int, start: int, steps: int, counts: Sequence[int] | None
+    ) -> tuple[list[int], list[list[int]], int]:
+        """Level 0's output steps, each head's steps, and the last step to run."""
+        first = context - 1
+        heads: list[list[int]] = [[]]
+        for h in range(1, self.num_levels):
+            run = self._head_steps(h, first, start, steps) if str(h) in self.heads else []
+            heads.append(run if counts is None else run[: counts[h]])
+        if counts is None:
+            return list(range(steps)), heads, steps - 1
+        frame_steps = list(range(first, min(first + counts[0], steps)))
+        last = max([*frame_steps, *(t for run in heads for t in run)], default=first)
+        if self.stochastic:  # the KL reads as many posterior steps as the level has outputs
+            for h, p in enumerate(self.periods):
+                n = (
+                    len(frame_steps)
+                    if h == 0
+                    else len(heads[h])
+                    if str(h) in self.heads
+                    else (counts[h])
+                )
+                ticks = [t for t in range(first, steps) if (start + t) % p == 0][:n]
+                last = max([last, *ticks])
+        return frame_steps, heads, min(max(last, 0), steps - 1)
 
     @staticmethod
     def _stats(entries: list[tuple[int, Tensor, Tensor, Tensor, Tensor]]) -> LatentStats:
@@ -1047,13 +1132,14 @@ class HierarchicalPredictor(RecurrentPredictor):
     def _observe_stream(self, frames: Tensor, state: object) -> StreamState:
         stream = self._unwrap_stream(state, frames)
         feats = self._encode(frames)
-        current = self._resume(stream, feats[0], frames[:, 0])
+        fused = self._fused_weights()
+        current = self._resume(stream, feats[0], frames[:, 0], fused)
         stochastic = self.stochastic
         n = frames.shape[1]
         for t in range(n - 1):
             q = feats[t + 1][1:] if stochastic else None
-            current = self._advance(current, feats[t][1:], feats[t], q, True)
-        after = self._advance(current, feats[-1][1:], feats[-1], None, False)
+            current = self._advance(current, feats[t][1:], feats[t], q, True, fused)
+        after = self._advance(current, feats[-1][1:], feats[-1], None, False, fused)
         held = HierarchicalStream(
             current if stochastic else None, feats[-1] if stochastic else None, after
         )
@@ -1067,6 +1153,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         if horizon == 1:
             return pending.unsqueeze(1), stream
         stochastic = self.stochastic
+        fused = self._fused_weights()
         current = after
         before = after
         held_maps: tuple[Tensor, ...] | None = None
@@ -1075,7 +1162,7 @@ class HierarchicalPredictor(RecurrentPredictor):
             residuals: list[tuple[Tensor, ...]] = []
             for _ in range(horizon - 1):
                 before = current
-                current = self._advance(current, None, None, None, False)
+                current = self._advance(current, None, None, None, False, fused)
                 outputs.append([lv.output for lv in current.levels])
                 residuals.append(current.residuals)
             decoded, _ = self._decode(outputs, residuals)
@@ -1085,7 +1172,7 @@ class HierarchicalPredictor(RecurrentPredictor):
             for _ in range(horizon - 1):
                 held_maps = self._encode(frames[-1].unsqueeze(1))[0]
                 before = current
-                current = self._advance(current, held_maps[1:], held_maps, None, False)
+                current = self._advance(current, held_maps[1:], held_maps, None, False, fused)
                 frames.append(self._decode_state(current))
             preds = torch.stack(frames, dim=1)
         last = HierarchicalStream(
