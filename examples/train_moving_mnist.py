@@ -295,6 +295,19 @@ def save_pictures(
 # training
 
 
+def mspred_example() -> Any:
+    """``examples/mspred_example.py``: MSPred's loss, heatmap targets and pictures."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mspred_example", Path(__file__).with_name("mspred_example.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def autocast(args: argparse.Namespace, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
@@ -363,6 +376,13 @@ def run(args: argparse.Namespace) -> int:
         check_args(args, world)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
+        if args.model == "mspred":  # every level and its heatmaps: examples/mspred_example.py
+            if world > 1 or args.data or args.resume or args.evaluate or args.stop_at:
+                raise UsageError(
+                    "--model mspred trains on generated digits in one process (no --data, "
+                    "--resume, --evaluate, --stop-at or torchrun)"
+                )
+            return mspred_example().run(args, device)
         torch.manual_seed(args.seed)
         train_set, eval_set = build_datasets(args)
         channels = train_set[0].shape[1]

@@ -610,3 +610,35 @@ def test_hierarchical_loss_bad_arguments():
         hierarchical_loss(out, frames, context=3, num_preds=0)
     with pytest.raises(ValueError, match="centers"):
         gaussian_heatmaps(np.array([[40, 3]]), 32, 32, 2.0)
+
+
+# ------------------------------------------------------------------------------ the example
+
+
+def test_the_training_example_runs_mspred_and_draws_every_level(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "train_moving_mnist.py"
+    spec = importlib.util.spec_from_file_location("train_moving_mnist_mspred", script)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "run"
+    argv = [
+        "--model", "mspred", "--image-size", "32", "--digit-size", "14", "--hidden", "4",
+        "--layers", "1", "--context", "5", "--horizon", "2", "--num-train", "8",
+        "--num-eval", "2", "--batch-size", "2", "--steps", "2", "--eval-every", "2",
+        "--quiet", "--out", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    assert example.main(argv) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.json", "checkpoint.pt", "predictions.gif", "levels.png",
+    }  # fmt: skip
+    last = json.loads((out / "metrics.json").read_text())["history"][-1]
+    assert last["step"] == 2
+    assert all(np.isfinite([last[k] for k in ("mse", "ssim", "heatmap_mse_level1", "kl")]))
+    assert (
+        example.main([*argv[:-4], "--resume", str(out / "checkpoint.pt"), "--out", str(out)]) == 2
+    )

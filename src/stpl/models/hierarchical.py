@@ -995,17 +995,20 @@ class HierarchicalPredictor(RecurrentPredictor):
         stochastic = self.stochastic
         # frames to encode: the context, the masked steps' true frames (feature feedback)
         # and, for the posteriors, every next frame
-        if stochastic:
-            n_enc = t_total
-        elif step_mask is not None and self.feedback == "features":
-            n_enc = steps
+        if stream is None:
+            start = 0
         else:
-            n_enc = min(context, steps)
+            start = stream.step if isinstance(stream, HierarchicalState) else stream.after.step
+        frame_steps, head_steps, last = self._plan(context, start, steps, counts)
+        if stochastic:
+            n_enc = last + 2
+        elif step_mask is not None and self.feedback == "features":
+            n_enc = last + 1
+        else:
+            n_enc = min(context, last + 1)
         feats = self._encode(frames[:, :n_enc])
         fused = self._fused_weights()
         current = self._resume(stream, feats[0], frames[:, 0], fused)
-        start = current.step
-        frame_steps, head_steps, last = self._plan(context, start, steps, counts)
 
         record: list[list[tuple[int, Tensor, Tensor, Tensor, Tensor]]] | None = (
             [[] for _ in range(self.num_levels)] if stochastic else None
