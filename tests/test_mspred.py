@@ -140,7 +140,7 @@ def test_a_level_changes_only_at_its_updates_and_stale_priors_at_p_squared():
         for t in range(13):
             out = model(frames[:, t : t + 2], state=state)
             new = out.state
-            assert new.step == t + 1
+            assert int(new.step) == t + 1
             if state is not None:
                 for h, p in enumerate(model.periods):
                     before, after = state.levels[h], new.levels[h]
@@ -326,7 +326,7 @@ def test_num_preds_computes_the_same_loss_and_gradients_with_less_work(zero_nois
     full, loss_full, grads_full = loss_and_grads()
     part, loss_part, grads_part = loss_and_grads(num_preds=2)
     assert part.steps == ((4, 5), (4, 6), (4, 8))
-    assert part.state.step == 9  # level 2's second KL step is 8: steps 9.. are not run
+    assert int(part.state.step) == 9  # level 2's second KL step is 8: steps 9.. are not run
     assert_close(loss_part, loss_full)
     for a, b in zip(grads_part, grads_full, strict=True):
         assert (a is None) == (b is None)
@@ -642,3 +642,34 @@ def test_the_training_example_runs_mspred_and_draws_every_level(tmp_path):
     assert (
         example.main([*argv[:-4], "--resume", str(out / "checkpoint.pt"), "--out", str(out)]) == 2
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_an_exported_observe_step_serves_every_phase_of_the_counters(zero_noise, stochastic):
+    """``torch.export`` of one observed frame: the step index is a tensor input, every level
+    runs and ``torch.where`` keeps the updated ones, so one program follows the eager model
+    through all phases of the periods (1, 2, 3)."""
+    model = tiny(periods=(1, 2, 3), latent_channels=2 if stochastic else None).eval()
+    frames = clip(b=1, t=8)
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, frame, state):
+            out = self.model.observe(frame.unsqueeze(1), state)
+            return out.pending, out.state
+
+    # a stochastic stream holds its last step from the first frame on: start after it
+    begin = 1 if stochastic else 0
+    state = model.observe(frames[:, :1]).state if stochastic else model.initial_state(frames)
+    program = torch.export.export(Step(), (frames[:, begin], state), strict=False).module()
+    for t in range(begin, 7):
+        pending, state = program(frames[:, t], state)
+    expected = model.observe(frames[:, :7])
+    assert_close(pending, expected.pending, atol=1e-4, rtol=1e-4)
+    assert int(state.after.step) == 7
+    forecast = model.forecast(stpl.StreamState(state, pending), 3)
+    assert_close(forecast, model.forecast(expected, 3), atol=1e-4, rtol=1e-4)

@@ -94,16 +94,17 @@ class HierarchicalState(NamedTuple):
     """The state of a :class:`HierarchicalPredictor` between two steps.
 
     Attributes:
-        step: the index of the next step since the start of the sequence (a Python int: it
-            decides which levels update, ``step % periods[h] == 0``, in Python, without a
-            device synchronisation).
+        step: the index of the next step since the start of the sequence, a 0-d int64 tensor
+            kept on the CPU whatever the model's device: eager loops read it without a device
+            synchronisation and decide in Python which levels update (``step % periods[h]
+            == 0``); an exported step reads it as a tensor and selects the updated levels.
         levels: one :class:`LevelState` per level.
         residuals: the encoder maps ``(e_1, ..., e_{L+1})`` of the last frame read, which
             the decoder adds to the levels' outputs (frozen while the model feeds back its
             own features).
     """
 
-    step: int
+    step: Tensor
     levels: tuple[LevelState, ...]
     residuals: tuple[Tensor, ...]
 
@@ -217,6 +218,42 @@ def _own_code(module: nn.Module, key: str) -> Callable[..., Any]:
 
     code = call.__code__.replace(co_name=f"mspred_{key.replace('.', '_')}")
     return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
+
+
+def _select(cond: bool | Tensor, new: Any, old: Any) -> Any:
+    """``new`` if ``cond`` else ``old``, element-wise over matching pytrees of tensors when
+    ``cond`` is a 0-d bool tensor (an exported step: no Python branch on data)."""
+    if isinstance(cond, bool):
+        return new if cond else old
+    if isinstance(new, Tensor):
+        return torch.where(cond, new, old)
+    if new is None:
+        return None
+    items = [_select(cond, a, b) for a, b in zip(new, old, strict=True)]
+    return type(new)(*items) if hasattr(new, "_fields") else type(new)(items)
+
+
+_CPU_DECODE_PIXELS = 1 << 14
+"""On the CPU, decoder calls stack at most this many (samples x 16 x level-0 pixels)."""
+
+
+def _pick_rows(x: Tensor, b: int, n: int, index: Sequence[int]) -> Tensor:
+    """Rows of sample-major ``(B*n, ...)`` at steps ``index``: ``(B*len(index), ...)``."""
+    if list(index) == list(range(n)):
+        return x
+    if not index:
+        return x[:0]
+    picked = _pick(x.reshape(b, n, *x.shape[1:]), index)
+    return picked.reshape(-1, *x.shape[1:])
+
+
+def _cat_rows(parts: Sequence[Tensor], b: int) -> Tensor:
+    """Concatenate sample-major ``(B*n_i, ...)`` tensors along their steps."""
+    if len(parts) == 1:
+        return parts[0]
+    views = [p.reshape(b, -1, *p.shape[1:]) for p in parts]
+    joined = torch.cat(views, dim=1)
+    return joined.reshape(-1, *joined.shape[2:])
 
 
 def _pick(x: Tensor, index: Sequence[int]) -> Tensor:
@@ -568,13 +605,20 @@ class HierarchicalPredictor(RecurrentPredictor):
     def _level_size(self, h: int, height: int, width: int) -> tuple[int, int]:
         return height // 2 ** (h + 2), width // 2 ** (h + 2)
 
-    def initial_state(self, frames: Tensor) -> HierarchicalState:
+    def initial_state(self, frames: Tensor) -> HierarchicalStream:
         """The state before any frame (what ``state=None`` means), built like ``frames``.
+
+        A :class:`HierarchicalStream` with no held step, the form ``observe`` returns, so
+        that a streaming step (``observe`` of one frame, or its ``torch.export``) maps a
+        state to a state of the same structure.
 
         Args:
             frames: ``(B, C, H, W)`` or ``(B, T, C, H, W)``; only their batch size, frame
                 size, dtype and device are used.
         """
+        return HierarchicalStream(None, None, self._zero_state(frames))
+
+    def _zero_state(self, frames: Tensor) -> HierarchicalState:
         if not isinstance(frames, Tensor) or frames.dim() not in (4, 5):
             got = tuple(frames.shape) if isinstance(frames, Tensor) else type(frames).__name__
             raise ValueError(f"frames must be (B, C, H, W) or (B, T, C, H, W); got {got}")
@@ -599,12 +643,18 @@ class HierarchicalPredictor(RecurrentPredictor):
             zeros(b, c, height // 2 ** (i + 1), width // 2 ** (i + 1))
             for i, c in enumerate(self.encoder_channels)
         )
-        return HierarchicalState(0, tuple(levels), residuals)
+        return HierarchicalState(torch.zeros((), dtype=torch.int64), tuple(levels), residuals)
 
     def _check_hstate(self, state: HierarchicalState, frames: Tensor, name: str) -> None:
         step = state.step
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"{name}.step must be an int >= 0; got {step!r}")
+        if (
+            not isinstance(step, Tensor)
+            or step.dim() != 0
+            or step.is_floating_point()
+            or step.dtype == torch.bool
+            or (not torch.compiler.is_exporting() and int(step) < 0)
+        ):
+            raise ValueError(f"{name}.step must be a 0-d integer tensor >= 0; got {step!r}")
         if not isinstance(state.levels, tuple) or len(state.levels) != self.num_levels:
             n = len(state.levels) if isinstance(state.levels, (tuple, list)) else state.levels
             raise ValueError(
@@ -758,14 +808,23 @@ class HierarchicalPredictor(RecurrentPredictor):
                 appended at each posterior step.
             record_step: the step index written to ``record``.
         """
-        s = state.step
+        # Eager: the step index is read on the CPU and only the levels that update run.
+        # Exported (torch.export): every level runs and torch.where keeps the updated ones,
+        # so one program serves every phase of the period counters.
+        masked = torch.compiler.is_exporting()
+        step = state.step
+        fired: list[bool | Tensor]
+        if masked:
+            fired = [step % p == 0 for p in self.periods]
+        else:
+            s = int(step)
+            fired = [s % p == 0 for p in self.periods]
         levels = list(state.levels)
         count = self.num_levels
-        fired = [s % p == 0 for p in self.periods]
         u = [lv.output for lv in levels] if inputs is None else list(inputs)
         if self.stochastic:
             for h in reversed(range(count)):
-                if not fired[h]:
+                if fired[h] is False:
                     continue
                 lv = levels[h]
                 upper = self._ancestral(levels, h)
@@ -783,32 +842,38 @@ class HierarchicalPredictor(RecurrentPredictor):
                 p = self.periods[h]
                 prior_state = lv.prior
                 sample = lv.prior_sample
-                if not self.stale_priors or s % (p * p) == 0 or sample is None:
-                    zp, mp, lp, prior_state = self._part("priors", h)(
+                runs: bool | Tensor = True
+                if self.stale_priors:
+                    runs = step % (p * p) == 0 if masked else s % (p * p) == 0
+                if runs is not False or sample is None:
+                    zp, mp, lp, new_prior = self._part("priors", h)(
                         torch.cat([u[h], *upper], dim=1) if upper else u[h],
                         lv.prior,
                         fused[f"priors.{h}"],
                     )
-                    sample = (zp, mp, lp)
+                    prior_state = _select(runs, new_prior, prior_state)
+                    sample = _select(runs, (zp, mp, lp), sample)
+                assert sample is not None
                 if use_posterior:
                     assert post is not None
                     latent = post[0]
                 else:
                     latent = sample[0]
-                levels[h] = lv._replace(
+                new_level = lv._replace(
                     latent=latent, posterior=posterior_state, prior=prior_state, prior_sample=sample
                 )
+                levels[h] = _select(fired[h], new_level, lv)
                 if record is not None and post is not None:
                     record[h].append((record_step, post[1], post[2], sample[1], sample[2]))
         for h in range(count):
-            if not fired[h]:
+            if fired[h] is False:
                 continue
             lv = levels[h]
             x = u[h] if lv.latent is None else torch.cat([u[h], lv.latent], dim=1)
             y, cells = self._part("levels", h)(x, lv.cells, fused[f"levels.{h}"])
-            levels[h] = lv._replace(output=y, cells=cells)
+            levels[h] = _select(fired[h], lv._replace(output=y, cells=cells), lv)
         kept = state.residuals if residuals is None else tuple(residuals)
-        return HierarchicalState(s + 1, tuple(levels), kept)
+        return HierarchicalState(step + 1, tuple(levels), kept)
 
     # ------------------------------------------------------------------ encoder / decoder
     def _encode(self, frames: Tensor) -> list[tuple[Tensor, ...]]:
@@ -825,19 +890,60 @@ class HierarchicalPredictor(RecurrentPredictor):
         ]
         return [tuple(m[t] for m in per_map) for t in range(n)]
 
+    decode_pixels: int | None = None
+    """Decoder calls on the CPU stack at most this many (samples x pixels) of frames per call
+    (default :data:`_CPU_DECODE_PIXELS`); on other devices every step goes in one call."""
+
     def _decode(
-        self, outputs: Sequence[Sequence[Tensor]], residuals: Sequence[Sequence[Tensor]]
+        self,
+        outputs: Sequence[Sequence[Tensor]],
+        residuals: Sequence[Sequence[Tensor]],
+        keep: Sequence[int] = (),
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Decode n steps at once.
+        """Decode n steps in as few calls as the device favours.
 
         Args:
             outputs: per step, the levels' outputs ``(y_0..y_{L-1})``.
             residuals: per step, the encoder maps ``(e_1..e_{L+1})``.
+            keep: the steps (indices into ``outputs``) whose decoder maps are returned.
 
         Returns:
-            frames ``(B, n, C, H, W)`` and the decoder maps ``(d_1..d_L)``, each
-            ``(B*n, C_j, h_j, w_j)`` sample-major.
+            frames ``(B, n, C, H, W)`` and the decoder maps ``(d_1..d_L)`` at the ``keep``
+            steps, each ``(B*len(keep), C_j, h_j, w_j)`` sample-major.
         """
+        n = len(outputs)
+        first = outputs[0][0]
+        b = first.shape[0]
+        chunk = n
+        if first.device.type == "cpu":
+            # one call over many large frames loses the CPU caches: a few steps per call
+            frame_pixels = b * (first.shape[-2] * first.shape[-1]) * 16
+            budget = self.decode_pixels if self.decode_pixels is not None else _CPU_DECODE_PIXELS
+            chunk = max(1, budget // frame_pixels)
+        if chunk >= n:
+            frames, maps = self._decode_once(outputs, residuals)
+            return frames, tuple(_pick_rows(m, b, n, keep) for m in maps)
+        frame_parts: list[Tensor] = []
+        map_parts: list[list[Tensor]] = []
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            frames, maps = self._decode_once(outputs[lo:hi], residuals[lo:hi])
+            frame_parts.append(frames)
+            local = [k - lo for k in keep if lo <= k < hi]
+            if local:
+                map_parts.append([_pick_rows(m, b, hi - lo, local) for m in maps])
+        kept = (
+            tuple(_cat_rows([part[j] for part in map_parts], b) for j in range(len(map_parts[0])))
+            if map_parts
+            else ()
+        )
+        return torch.cat(frame_parts, dim=1), kept
+
+    def _decode_once(
+        self, outputs: Sequence[Sequence[Tensor]], residuals: Sequence[Sequence[Tensor]]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Decode n steps in one call: frames ``(B, n, C, H, W)`` and ``(d_1..d_L)``, each
+        ``(B*n, C_j, h_j, w_j)`` sample-major."""
         n = len(outputs)
         count = self.num_levels
 
@@ -874,19 +980,20 @@ class HierarchicalPredictor(RecurrentPredictor):
         self,
         maps: tuple[Tensor, ...],
         decoded: Sequence[int],
-        b: int,
+        like: Tensor,
         steps: int,
         head_steps: Sequence[Sequence[int]],
     ) -> list[Tensor | None]:
         """Heads at their steps; per level h >= 1 a step-indexed ``(B, steps, C_h, H, W)``.
 
         Args:
-            maps: the decoder maps ``(d_1..d_L)`` of the decoded steps, ``(B*n, C, h, w)``.
+            maps: the decoder maps ``(d_1..d_L)`` at the steps ``decoded``, ``(B*n, C, h, w)``.
             decoded: the n steps (call-local) those maps belong to, in order.
-            b: the batch size.
+            like: the predicted frames ``(B, n', C, H, W)`` (batch, size, dtype, device).
             steps: the call's steps (T-1).
             head_steps: per level, the steps its head runs at (entry 0 unused).
         """
+        b = like.shape[0]
         out: list[Tensor | None] = []
         count = self.num_levels
         where = {t: i for i, t in enumerate(decoded)}
@@ -897,14 +1004,12 @@ class HierarchicalPredictor(RecurrentPredictor):
                 continue
             head = self.heads[key]
             assert isinstance(head, DeconvHead)
-            d = maps[count - h - 1]
-            d = d.reshape(b, len(decoded), *d.shape[1:])
             wanted = list(head_steps[h])
             if not wanted:
-                height = d.shape[-2] * 2 ** (h + 1)
-                width = d.shape[-1] * 2 ** (h + 1)
-                out.append(d.new_zeros(b, steps, head.out_channels, height, width))
+                out.append(like.new_zeros(b, steps, head.out_channels, *like.shape[-2:]))
                 continue
+            d = maps[count - h - 1]
+            d = d.reshape(b, len(decoded), *d.shape[1:])
             picked = _pick(d, [where[t] for t in wanted])
             y = head(picked.reshape(-1, *picked.shape[2:]), len(wanted))
             out.append(_place(y.reshape(b, len(wanted), *y.shape[1:]), wanted, steps))
@@ -920,7 +1025,7 @@ class HierarchicalPredictor(RecurrentPredictor):
     ) -> HierarchicalState:
         """The committed state before the first new frame (the held step recomputed)."""
         if stream is None:
-            return self.initial_state(like)
+            return self._zero_state(like)
         if isinstance(stream, HierarchicalState):
             return stream
         if stream.before is None or next_frame is None:
@@ -998,7 +1103,8 @@ class HierarchicalPredictor(RecurrentPredictor):
         if stream is None:
             start = 0
         else:
-            start = stream.step if isinstance(stream, HierarchicalState) else stream.after.step
+            step = stream.step if isinstance(stream, HierarchicalState) else stream.after.step
+            start = int(step)
         frame_steps, head_steps, last = self._plan(context, start, steps, counts)
         if stochastic:
             n_enc = last + 2
@@ -1056,29 +1162,36 @@ class HierarchicalPredictor(RecurrentPredictor):
                 level_residuals.append(current.residuals)
             else:
                 decoded, maps = self._decode(
-                    [[lv.output for lv in current.levels]], [current.residuals]
+                    [[lv.output for lv in current.levels]], [current.residuals], [0]
                 )
                 pred = decoded[:, 0]
                 frame_preds.append(pred)
                 frame_maps.append(maps)
 
-        # decode the steps whose frame or decoder maps an output needs, in one call
+        # decode only the steps whose frame or decoder maps an output needs
         needed = sorted(set(frame_steps).union(*head_steps[1:]))
+        at_heads = sorted(set().union(*head_steps[1:]))
+        where = {t: i for i, t in enumerate(needed)}
         if self.feedback == "features":
             decoded, maps = self._decode(
-                [level_outputs[t] for t in needed], [level_residuals[t] for t in needed]
+                [level_outputs[t] for t in needed],
+                [level_residuals[t] for t in needed],
+                [where[t] for t in at_heads],
             )
         else:
             decoded = _pick(torch.stack(frame_preds, dim=1), needed)
-            maps = tuple(
-                _pick(torch.stack([m[j] for m in frame_maps], dim=1), needed).reshape(
-                    -1, *frame_maps[0][j].shape[1:]
+            maps = (
+                tuple(
+                    torch.stack([frame_maps[t][j] for t in at_heads], dim=1).reshape(
+                        -1, *frame_maps[0][j].shape[1:]
+                    )
+                    for j in range(len(frame_maps[0]))
                 )
-                for j in range(len(frame_maps[0]))
+                if at_heads
+                else ()
             )
-        where = {t: i for i, t in enumerate(needed)}
         predicted = _place(_pick(decoded, [where[t] for t in frame_steps]), frame_steps, steps)
-        heads = self._run_heads(maps, needed, b, steps, head_steps)
+        heads = self._run_heads(maps, at_heads, decoded, steps, head_steps)
         latents: tuple[LatentStats, ...] | None = None
         if record is not None:
             latents = tuple(self._stats(entries) for entries in record)
