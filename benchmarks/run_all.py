@@ -36,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
-PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn")
+PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn", "mspred")
 CELLS = ("convlstm", "stlstm", "modernn", "dcb")
 DTYPES = ("float32", "bfloat16")
 NO_LAYOUT_OPT = ("modernn",)

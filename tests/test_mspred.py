@@ -673,3 +673,19 @@ def test_an_exported_observe_step_serves_every_phase_of_the_counters(zero_noise,
     assert int(state.after.step) == 7
     forecast = model.forecast(stpl.StreamState(state, pending), 3)
     assert_close(forecast, model.forecast(expected, 3), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["train", "rollout"])
+def test_the_benchmark_tool_runs_mspred(mode, capsys):
+    import json
+
+    from stpl.benchmark.__main__ import main
+
+    argv = [
+        "--model", "mspred", "--mode", mode, "--hidden", "4", "--layers", "1",
+        "--image-size", "32", "--batch", "2", "--frames", "6", "--repeats", "1",
+        "--no-memory", "--no-isolated", "--json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"]["median_s"] > 0 and result["flops"] > 0

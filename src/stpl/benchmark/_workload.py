@@ -212,12 +212,14 @@ def _model_workload(
     target = frames[:, 1:]
 
     head_targets = _head_targets(module, frames)
+    # MSPred's trainer reads 5 outputs per level: compute only those (as its reference does)
+    train_kwargs: dict[str, Any] = {"num_preds": 5} if head_targets is not None else {}
 
     def train_step(fn: Callable[..., Any], mod: nn.Module) -> Step:
         def run() -> Tensor:
             mod.zero_grad(set_to_none=True)
             with autocast_context(config):
-                out = fn(frames, context)
+                out = fn(frames, context, **train_kwargs)
                 if isinstance(out, HierarchicalOutput):  # MSPred: every level and the KL
                     loss = hierarchical_loss(out, frames, head_targets, context=context).total
                 else:

@@ -7,16 +7,17 @@ same weights (the reference's ``init_weights`` with a seed, then converted with
 ``stpl.interop.load_reference``), the same frames and the same heatmap targets, and run the
 reference trainer's step: forward (context K, N predictions per level), the loss
 ``sum_h alpha_h MSE_h + beta KL`` and backward (``--mode train``), or the evaluation
-forward under ``torch.no_grad()`` (``--mode eval``). stpl runs it twice: with
+forward under ``torch.no_grad()`` (``--mode forward``). stpl runs it twice: with
 ``num_preds=N`` (it then computes only the outputs the loss reads, like the reference's
 collection) and with every step's outputs (``num_preds=None``, its default). The three take
 turns (the benchmark tool's ``time_interleaved``), in float32 and under bfloat16 autocast;
-the result reports the medians, ``speedup`` = reference / stpl(num_preds) and
-``speedup_every_step`` = reference / stpl(every step) (> 1: stpl is faster), and checks
-first that both models compute the same predictions and loss (same seed, hence the same
-latent noise)::
+each (dtype, mode) writes ``twin-mspred-<dtype>-<mode>.json`` (the format of the other
+``twin-*`` results) with the medians, ``ratio`` = reference / stpl(num_preds) and
+``ratio_every_step`` = reference / stpl(every step) (> 1: stpl is faster). It checks first
+that both models compute the same predictions and loss (same seed, hence the same latent
+noise)::
 
-    python benchmarks/mspred_reference.py --reference-root /path/to/MSPred/src \\
+    python benchmarks/twin_mspred.py --reference-root /path/to/MSPred/src \\
         --num-filters 16 --hidden 32 --image-size 32 --batch 4 --frames 25 --context 9 \\
         --num-preds 2 --threads 1 --repeats 5 --out benchmarks/results
 
@@ -156,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=57, help="T (context + 8 x num_preds)")
     p.add_argument("--context", type=int, default=17)
     p.add_argument("--num-preds", type=int, default=5)
-    p.add_argument("--mode", choices=["train", "eval"], nargs="+", default=["train", "eval"])
+    p.add_argument("--mode", choices=["train", "forward"], nargs="+", default=["train", "forward"])
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16"], nargs="+", default=["float32", "bfloat16"]
     )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for the JSON result (one file per run)")
+    p.add_argument("--out", default=None, help="folder for twin-mspred-<dtype>-<mode>.json")
+    p.add_argument("--suffix", default="", help="appended to the result file names")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -195,52 +197,57 @@ def main(argv: list[str] | None = None) -> int:
         }
     print(json.dumps(check))
 
-    results: list[dict[str, Any]] = []
+    machine = machine_info(device)
+    config = {k_: v for k_, v in vars(args).items() if k_ not in ("out", "reference_root")}
     for dtype in args.dtype:
         for mode in args.mode:
-            ref_step = make_step(ref, mode, dtype, frames, heatmaps, k, n, reference=True)
             for model in (ref, ours):
                 model.train(mode == "train")
             steps = [
                 make_step(ours, mode, dtype, frames, heatmaps, k, n, collect=n),
                 make_step(ours, mode, dtype, frames, heatmaps, k, n, collect=None),
-                ref_step,
+                make_step(ref, mode, dtype, frames, heatmaps, k, n, reference=True),
             ]
             t_ours, t_all, t_ref = time_interleaved(steps, device, repeats=args.repeats)
-            row = {
-                "dtype": dtype,
+            result = {
+                "benchmark": "twin",
+                "model": "mspred",
+                "reference": "AIS-Bonn/MSPred SpatioTempHierarch",
                 "mode": mode,
-                "stpl": t_ours.to_dict(),
-                "stpl_every_step": t_all.to_dict(),
-                "reference": t_ref.to_dict(),
-                "speedup": t_ref.median_s / t_ours.median_s,
-                "speedup_per_round": [
-                    a / b for a, b in zip(t_ref.times, t_ours.times, strict=True)
-                ],
-                "speedup_every_step": t_ref.median_s / t_all.median_s,
+                "dtype": dtype,
+                "batch": args.batch,
+                "frames": args.frames,
+                "context": k,
+                "image_size": args.image_size,
+                "config": config,
+                "max_abs_diff_predictions": check["max_abs_diff_frames"],
+                "loss_reference": check["loss_reference"],
+                "loss_ours": check["loss_stpl"],
+                "ours_median_s": t_ours.median_s,
+                "reference_median_s": t_ref.median_s,
+                "ratio": t_ref.median_s / t_ours.median_s,
+                "ratio_per_round": [a / b for a, b in zip(t_ref.times, t_ours.times, strict=True)],
+                "every_step_median_s": t_all.median_s,
+                "ratio_every_step": t_ref.median_s / t_all.median_s,
+                "repeats": args.repeats,
+                "timing": t_ours.method,
+                "ours": t_ours.to_dict(),
+                "every_step": t_all.to_dict(),
+                "reference_timing": t_ref.to_dict(),
+                "parameters": sum(q.numel() for q in ours.parameters()),
+                "machine": machine,
             }
-            results.append(row)
             print(
-                f"{dtype:9s} {mode:5s} stpl {t_ours.median_s * 1e3:8.1f} ms (every step "
+                f"{dtype:9s} {mode:7s} stpl {t_ours.median_s * 1e3:8.1f} ms (every step "
                 f"{t_all.median_s * 1e3:8.1f} ms)   reference {t_ref.median_s * 1e3:8.1f} ms   "
-                f"speed-up {row['speedup']:.2f}x ({row['speedup_every_step']:.2f}x)"
+                f"reference/stpl {result['ratio']:.2f}x ({result['ratio_every_step']:.2f}x)"
             )
-    report = {
-        "config": {k_: v for k_, v in vars(args).items() if k_ != "out"},
-        "machine": machine_info(device),
-        "parameters": sum(q.numel() for q in ours.parameters()),
-        "check": check,
-        "results": results,
-    }
-    if args.out is not None:
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = (
-            f"mspred-vs-reference-{device.type}-{args.image_size}px-nf{args.num_filters}"
-            f"-h{args.hidden}-b{args.batch}-t{args.frames}.json"
-        )
-        (folder / name).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {folder / name}")
+            if args.out is not None:
+                folder = Path(args.out)
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"twin-mspred-{dtype}-{mode}{args.suffix}.json"
+                path.write_text(json.dumps(result, indent=2) + "\n")
+                print(f"wrote {path}")
     return 0
 
 
