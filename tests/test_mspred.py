@@ -101,6 +101,35 @@ def test_golden_conversion_round_trip(golden):
         assert torch.equal(value, again.state_dict()[key]), key
 
 
+def test_the_architecture_is_read_from_the_state_dict(golden):
+    """Reference-layout state dicts of other configurations (derived from the golden one):
+    deterministic, without ancestral sampling, without heads, layers per level."""
+    sd = golden("model_mspred.pt")["state_dict"]
+    level_in = {0: 8, 1: 16, 2: 32}  # nf 2^(h+1), without the latent's 2 channels
+    det = {k: v for k, v in sd.items() if not k.startswith(("prior.", "posterior."))}
+    for h, c in level_in.items():
+        det[f"predictor.{h}.input_conv.weight"] = sd[f"predictor.{h}.input_conv.weight"][:, :c]
+    det = {
+        k: v
+        for k, v in det.items()
+        if not k.startswith(("decoder_heads.", "predictor.2.cell_list.1."))
+    }
+    model = load_reference("mspred", det, patch_size=1, image_channels=1, periods=(1, 2, 4))
+    assert model.latent_channels is None and model.head_channels == (None, None)
+    assert model.num_layers == (2, 2, 1) and model.periods == (1, 2, 4)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        v.numel() for k, v in det.items() if k != "device_param"
+    )
+    flat = dict(sd)
+    for group in ("prior", "posterior"):
+        for h, c in level_in.items():
+            key = f"{group}.{h}.input_conv.weight"
+            flat[key] = sd[key][:, :c]  # no upper latents: not ancestral
+    model = load_reference("mspred", flat, patch_size=1, image_channels=1)
+    assert not model.ancestral and model.latent_channels == 2
+    assert (model.prior_hidden, model.posterior_hidden) == (6, 5)
+
+
 def test_parameter_counts_of_the_moving_mnist_configuration():
     def count(**overrides) -> int:
         model = stpl.get_model("mspred", device="meta", **overrides)
