@@ -21,6 +21,8 @@ from stpl.cells import (
 from stpl.models import (
     EncoderStackDecoder,
     Generation,
+    HierarchicalOutput,
+    HierarchicalPredictor,
     PredictorOutput,
     RecurrentPredictor,
     StreamState,
@@ -39,6 +41,8 @@ __all__ = [
     "EncoderStackDecoder",
     "GateConv",
     "Generation",
+    "HierarchicalOutput",
+    "HierarchicalPredictor",
     "LSTMState",
     "LayerNorm2d",
     "MoDeRNNCell",
