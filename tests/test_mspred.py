@@ -644,15 +644,17 @@ def test_hierarchical_loss_bad_arguments():
 # ------------------------------------------------------------------------------ the example
 
 
-def test_the_training_example_runs_mspred_and_draws_every_level(tmp_path):
+def test_the_training_example_runs_mspred_and_draws_every_level(tmp_path, monkeypatch):
     import importlib.util
     import json
+    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "examples" / "train_moving_mnist.py"
     spec = importlib.util.spec_from_file_location("train_moving_mnist_mspred", script)
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)
     spec.loader.exec_module(example)
     out = tmp_path / "run"
     argv = [
@@ -718,3 +720,36 @@ def test_the_benchmark_tool_runs_mspred(mode, capsys):
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["step"]["median_s"] > 0 and result["flops"] > 0
+
+
+def test_the_step_function_is_pure_and_keeps_its_state_structure(zero_noise):
+    """``_step_impl`` (one observed frame) never reads a tensor on the host, creates no CPU
+    tensor on the model's device, and maps a state to one of the same structure: traced
+    with ``make_fx`` on the meta device, as CUDA graphs need."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils._pytree import tree_flatten
+
+    with torch.device("meta"):
+        model = tiny(latent_channels=None).eval()
+    frame = torch.empty(2, 1, 32, 32, device="meta")
+    state = model.initial_state(frame)
+
+    def step(frame, state):
+        out = model._step_impl(frame, state, None)
+        return out.prediction, out.state
+
+    graph = make_fx(step)(frame, state).graph
+    for node in graph.nodes:
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            assert value.device.type == "meta", node
+        assert "_local_scalar_dense" not in str(node.target), node
+    _, new = step(frame, state)
+    assert tree_flatten(new)[1] == tree_flatten(state)[1]
+    # and it computes what observe computes, over several phases
+    model = tiny(latent_channels=None, periods=(1, 2, 3)).eval()
+    frames = clip(b=2, t=5)
+    state = model.initial_state(frames)
+    for t in range(5):
+        pending, state, _ = model._step_impl(frames[:, t], state, None)
+    assert_close(pending, model.observe(frames).pending, atol=1e-5, rtol=1e-5)

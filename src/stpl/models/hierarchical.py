@@ -33,7 +33,7 @@ from stpl._validation import (
 )
 from stpl.cells._registry import CELLS, cell_options
 from stpl.cells._toolkit import Device, check_state, factory_kwargs, reset_module_parameters
-from stpl.models._base import Generation, RecurrentPredictor, StreamState
+from stpl.models._base import Generation, RecurrentPredictor, StepOutput, StreamState
 from stpl.models._hierarchy_blocks import (
     CellBuilder,
     DCGANEncoder,
@@ -95,9 +95,10 @@ class HierarchicalState(NamedTuple):
 
     Attributes:
         step: the index of the next step since the start of the sequence, a 0-d int64 tensor
-            kept on the CPU whatever the model's device: eager loops read it without a device
-            synchronisation and decide in Python which levels update (``step % periods[h]
-            == 0``); an exported step reads it as a tensor and selects the updated levels.
+            on the state's device. Eager loops know it (a new sequence starts at 0) or read it
+            once per call when they go on from a given state, and decide in Python which
+            levels update (``step % periods[h] == 0``); a traced step (:meth:`_step_impl`,
+            ``torch.export``) selects the updated levels with tensors instead.
         levels: one :class:`LevelState` per level.
         residuals: the encoder maps ``(e_1, ..., e_{L+1})`` of the last frame read, which
             the decoder adds to the levels' outputs (frozen while the model feeds back its
@@ -218,6 +219,11 @@ def _own_code(module: nn.Module, key: str) -> Callable[..., Any]:
 
     code = call.__code__.replace(co_name=f"mspred_{key.replace('.', '_')}")
     return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
+
+
+def _tracing() -> bool:
+    """Whether ``torch.export`` or ``torch.compile`` is tracing (no reading tensor values)."""
+    return bool(torch.compiler.is_exporting() or torch.compiler.is_compiling())
 
 
 def _select(cond: bool | Tensor, new: Any, old: Any) -> Any:
@@ -352,6 +358,8 @@ class HierarchicalPredictor(RecurrentPredictor):
         bias_before_norm: give the convolutions that batch norm follows a bias. The
             reference has them (and counts them), but batch statistics remove any
             per-channel constant, so their gradient is zero: ``False`` drops them.
+        init: ``"reference"`` (MSPred's ``init_weights``, see :meth:`reset_parameters`) or
+            ``"torch"`` (each layer's own initialisation).
         latent_cell: the registered cell of the priors and posteriors.
         device, dtype: where and in which dtype to create the parameters.
         **cell_options: forwarded to every level's named cell.
@@ -385,6 +393,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         feedback: Feedback = "features",
         batch_norm: Literal["batch", "running"] = "batch",
         bias_before_norm: bool = True,
+        init: Literal["reference", "torch"] = "reference",
         latent_cell: str = "convlstm",
         device: Device = None,
         dtype: torch.dtype | None = None,
@@ -422,6 +431,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         self.feedback: Feedback = check_choice("feedback", feedback, ("features", "frames"))
         self.batch_norm = check_choice("batch_norm", batch_norm, ("batch", "running"))
         self.bias_before_norm = check_bool("bias_before_norm", bias_before_norm)
+        self.init = check_choice("init", init, ("reference", "torch"))
         _check_cell_name("latent_cell", latent_cell)
         heads = self._check_heads(head_channels, levels)
         self.head_channels = tuple(heads)
@@ -548,10 +558,16 @@ class HierarchicalPredictor(RecurrentPredictor):
         return build
 
     def reset_parameters(self) -> None:
-        """MSPred's initialisation (``init_weights``): every ``Conv2d`` weight ~ N(0, 0.02)
-        with zero bias, batch-norm weights ~ N(1, 0.02) with zero bias; transposed
-        convolutions and other layers keep PyTorch's initialisation."""
+        """Re-initialise every parameter.
+
+        ``init="reference"``: MSPred's ``init_weights``, every ``Conv2d`` weight (the cells'
+        included) ~ N(0, 0.02) with zero bias, batch-norm weights ~ N(1, 0.02) with zero
+        bias; transposed convolutions and other layers keep PyTorch's initialisation.
+        ``init="torch"``: every layer's own ``reset_parameters``.
+        """
         reset_module_parameters(self)
+        if self.init == "torch":
+            return
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.02)
@@ -643,7 +659,8 @@ class HierarchicalPredictor(RecurrentPredictor):
             zeros(b, c, height // 2 ** (i + 1), width // 2 ** (i + 1))
             for i, c in enumerate(self.encoder_channels)
         )
-        return HierarchicalState(torch.zeros((), dtype=torch.int64), tuple(levels), residuals)
+        step = torch.zeros((), dtype=torch.int64, device=frame.device)
+        return HierarchicalState(step, tuple(levels), residuals)
 
     def _check_hstate(self, state: HierarchicalState, frames: Tensor, name: str) -> None:
         step = state.step
@@ -652,9 +669,8 @@ class HierarchicalPredictor(RecurrentPredictor):
             or step.dim() != 0
             or step.is_floating_point()
             or step.dtype == torch.bool
-            or (not torch.compiler.is_exporting() and int(step) < 0)
         ):
-            raise ValueError(f"{name}.step must be a 0-d integer tensor >= 0; got {step!r}")
+            raise ValueError(f"{name}.step must be a 0-d integer tensor; got {step!r}")
         if not isinstance(state.levels, tuple) or len(state.levels) != self.num_levels:
             n = len(state.levels) if isinstance(state.levels, (tuple, list)) else state.levels
             raise ValueError(
@@ -791,6 +807,8 @@ class HierarchicalPredictor(RecurrentPredictor):
         fused: Mapping[str, FusedWeights],
         record: list[list[tuple[int, Tensor, Tensor, Tensor, Tensor]]] | None = None,
         record_step: int = 0,
+        index: int | None = None,
+        masked: bool = False,
     ) -> HierarchicalState:
         """One step of the levels (latents and predictors); the decoder is not run here.
 
@@ -807,17 +825,22 @@ class HierarchicalPredictor(RecurrentPredictor):
             record: per level, a list to which ``(step, mu_q, logvar_q, mu_p, logvar_p)`` is
                 appended at each posterior step.
             record_step: the step index written to ``record``.
+            index: ``state.step`` as a Python int when the caller knows it (then it is not
+                read from the tensor).
+            masked: without ``index``, select the updated levels with tensors instead of
+                reading the step index (what a traced step does).
         """
-        # Eager: the step index is read on the CPU and only the levels that update run.
-        # Exported (torch.export): every level runs and torch.where keeps the updated ones,
-        # so one program serves every phase of the period counters.
-        masked = torch.compiler.is_exporting()
+        # Eager: the step index (given, or read on the CPU) decides in Python which levels
+        # run. Traced (torch.export, or torch.compile of a loop that continues a given
+        # state) without a known index: every level runs and torch.where keeps the updated
+        # ones, so one program serves every phase of the period counters.
         step = state.step
+        masked = index is None and (masked or _tracing())
         fired: list[bool | Tensor]
         if masked:
             fired = [step % p == 0 for p in self.periods]
         else:
-            s = int(step)
+            s = int(step) if index is None else index
             fired = [s % p == 0 for p in self.periods]
         levels = list(state.levels)
         count = self.num_levels
@@ -1022,8 +1045,13 @@ class HierarchicalPredictor(RecurrentPredictor):
         next_frame: tuple[Tensor, ...] | None,
         like: Tensor,
         fused: Mapping[str, FusedWeights],
+        start: int | None = None,
+        masked: bool = False,
     ) -> HierarchicalState:
-        """The committed state before the first new frame (the held step recomputed)."""
+        """The committed state before the first new frame (the held step recomputed).
+
+        ``start``: the index of that frame's step, when known.
+        """
         if stream is None:
             return self._zero_state(like)
         if isinstance(stream, HierarchicalState):
@@ -1038,6 +1066,8 @@ class HierarchicalPredictor(RecurrentPredictor):
             next_frame[1:],
             True,
             fused,
+            index=None if start is None else start - 1,
+            masked=masked,
         )
 
     # ------------------------------------------------------------------ forward
@@ -1100,9 +1130,9 @@ class HierarchicalPredictor(RecurrentPredictor):
         stochastic = self.stochastic
         # frames to encode: the context, the masked steps' true frames (feature feedback)
         # and, for the posteriors, every next frame
-        if stream is None:
-            start = 0
-        else:
+        start = self._start_index(stream)
+        if start is None:  # tracing a forward that continues a given state: read the index
+            assert stream is not None
             step = stream.step if isinstance(stream, HierarchicalState) else stream.after.step
             start = int(step)
         frame_steps, head_steps, last = self._plan(context, start, steps, counts)
@@ -1114,7 +1144,7 @@ class HierarchicalPredictor(RecurrentPredictor):
             n_enc = min(context, last + 1)
         feats = self._encode(frames[:, :n_enc])
         fused = self._fused_weights()
-        current = self._resume(stream, feats[0], frames[:, 0], fused)
+        current = self._resume(stream, feats[0], frames[:, 0], fused, start)
 
         record: list[list[tuple[int, Tensor, Tensor, Tensor, Tensor]]] | None = (
             [[] for _ in range(self.num_levels)] if stochastic else None
@@ -1156,7 +1186,9 @@ class HierarchicalPredictor(RecurrentPredictor):
                         x = m * frames[:, t] + (1 - m) * pred
                     res = self._encode(x.unsqueeze(1))[0]
                 inputs = res[1:]
-            current = self._advance(current, inputs, res, q, use_posterior, fused, record, t)
+            current = self._advance(
+                current, inputs, res, q, use_posterior, fused, record, t, index=start + t
+            )
             if self.feedback == "features":
                 level_outputs.append([lv.output for lv in current.levels])
                 level_residuals.append(current.residuals)
@@ -1245,24 +1277,67 @@ class HierarchicalPredictor(RecurrentPredictor):
         return LatentStats(tuple(e[0] for e in entries), mu_q, logvar_q, mu_p, logvar_p)
 
     # ------------------------------------------------------------------ streaming
-    def _observe_stream(self, frames: Tensor, state: object) -> StreamState:
+    def _step_impl(self, x: Tensor, state: Any, action: Tensor | None) -> StepOutput:
+        """One observed frame as a pure tensor function: ``observe`` of ``x: (B, C, H, W)``.
+
+        Every level runs and ``torch.where`` keeps the ones whose period fires at
+        ``state.step``, so the function never reads a tensor's value on the host and maps a
+        state to a state of the same structure and shapes (what CUDA graphs and
+        ``torch.export`` need). ``state`` is a :class:`HierarchicalStream` (see
+        :meth:`initial_state`) or ``None``. Returns the prediction of the next frame and the
+        new stream state.
+        """
+        if action is not None:
+            raise ValueError("actions were given, but HierarchicalPredictor takes no actions")
+        out, _ = self._observe_stream(x.unsqueeze(1), state, masked=True)
+        return StepOutput(out.pending, out.state, None)
+
+    def _start_index(self, stream: HierarchicalState | HierarchicalStream | None) -> int | None:
+        """The index of the next step: 0 for a new sequence, else read from the state
+        (``None`` while tracing: the traced steps then select their levels with tensors)."""
+        if stream is None:
+            return 0
+        if _tracing():
+            return None
+        step = stream.step if isinstance(stream, HierarchicalState) else stream.after.step
+        return int(step)
+
+    def _observe_stream(
+        self, frames: Tensor, state: object, masked: bool = False
+    ) -> tuple[StreamState, int | None]:
+        """Read ``frames``; returns the stream state and the index of its next step.
+
+        ``masked``: never read the step index (every level runs, tensors select).
+        """
         stream = self._unwrap_stream(state, frames)
+        start = None if masked else self._start_index(stream)
         feats = self._encode(frames)
         fused = self._fused_weights()
-        current = self._resume(stream, feats[0], frames[:, 0], fused)
+        current = self._resume(stream, feats[0], frames[:, 0], fused, start, masked)
         stochastic = self.stochastic
         n = frames.shape[1]
+
+        def at(t: int) -> int | None:
+            return None if start is None else start + t
+
         for t in range(n - 1):
             q = feats[t + 1][1:] if stochastic else None
-            current = self._advance(current, feats[t][1:], feats[t], q, True, fused)
-        after = self._advance(current, feats[-1][1:], feats[-1], None, False, fused)
+            current = self._advance(
+                current, feats[t][1:], feats[t], q, True, fused, index=at(t), masked=masked
+            )
+        after = self._advance(
+            current, feats[-1][1:], feats[-1], None, False, fused, index=at(n - 1), masked=masked
+        )
         held = HierarchicalStream(
             current if stochastic else None, feats[-1] if stochastic else None, after
         )
-        return StreamState(held, self._decode_state(after))
+        return StreamState(held, self._decode_state(after)), at(n)
 
-    def _rollout_stream(self, stream: StreamState, horizon: int) -> tuple[Tensor, StreamState]:
-        """``horizon`` predictions from a stream state (the first is ``pending``)."""
+    def _rollout_stream(
+        self, stream: StreamState, horizon: int, start: int | None
+    ) -> tuple[Tensor, StreamState]:
+        """``horizon`` predictions from a stream state (the first is ``pending``); ``start``
+        is the index of the stream's next step, when known."""
         held = stream.state
         after = held.after if isinstance(held, HierarchicalStream) else held
         pending = stream.pending
@@ -1276,19 +1351,35 @@ class HierarchicalPredictor(RecurrentPredictor):
         if self.feedback == "features":
             outputs: list[list[Tensor]] = []
             residuals: list[tuple[Tensor, ...]] = []
-            for _ in range(horizon - 1):
+            for k in range(horizon - 1):
                 before = current
-                current = self._advance(current, None, None, None, False, fused)
+                current = self._advance(
+                    current,
+                    None,
+                    None,
+                    None,
+                    False,
+                    fused,
+                    index=None if start is None else start + k,
+                )
                 outputs.append([lv.output for lv in current.levels])
                 residuals.append(current.residuals)
             decoded, _ = self._decode(outputs, residuals)
             preds = torch.cat([pending.unsqueeze(1), decoded], dim=1)
         else:
             frames = [pending]
-            for _ in range(horizon - 1):
+            for k in range(horizon - 1):
                 held_maps = self._encode(frames[-1].unsqueeze(1))[0]
                 before = current
-                current = self._advance(current, held_maps[1:], held_maps, None, False, fused)
+                current = self._advance(
+                    current,
+                    held_maps[1:],
+                    held_maps,
+                    None,
+                    False,
+                    fused,
+                    index=None if start is None else start + k,
+                )
                 frames.append(self._decode_state(current))
             preds = torch.stack(frames, dim=1)
         last = HierarchicalStream(
@@ -1309,7 +1400,7 @@ class HierarchicalPredictor(RecurrentPredictor):
         """
         frames = self._check_frames("frames", frames, self.in_channels, min_t=1)
         self._prepare_actions(actions, frames, frames.shape[1])
-        return self._observe_stream(frames, state)
+        return self._observe_stream(frames, state)[0]
 
     @torch.no_grad()
     def forecast(
@@ -1331,7 +1422,8 @@ class HierarchicalPredictor(RecurrentPredictor):
         self._prepare_actions(actions, frame, horizon - 1)
         stream = self._unwrap_stream(state, frame)
         assert stream is not None
-        preds, _ = self._rollout_stream(StreamState(stream, pending), horizon)
+        start = self._start_index(stream)
+        preds, _ = self._rollout_stream(StreamState(stream, pending), horizon, start)
         return preds
 
     @torch.no_grad()
@@ -1355,8 +1447,8 @@ class HierarchicalPredictor(RecurrentPredictor):
         frames = self._check_frames("context_frames", context_frames, self.in_channels, min_t=1)
         horizon = check_positive_int("horizon", horizon)
         self._prepare_actions(actions, frames, frames.shape[1] + horizon - 1)
-        stream = self._observe_stream(frames, state)
-        preds, last = self._rollout_stream(stream, horizon)
+        stream, start = self._observe_stream(frames, state)
+        preds, last = self._rollout_stream(stream, horizon, start)
         return Generation(preds, last)
 
 
@@ -1417,6 +1509,7 @@ register_preset(
         "latent_channels": None,
         "head_channels": None,
         "bias_before_norm": False,
+        "init": "torch",
         "image_size": 32,
     },
     frame_shape=(1, 32, 32),
