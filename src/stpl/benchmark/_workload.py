@@ -13,7 +13,12 @@ from torch import Tensor, nn
 
 from stpl.benchmark._config import BenchConfig
 from stpl.cells import ConvLSTMCell, DetailContextBlock, MoDeRNNCell, STLSTMCell
-from stpl.models import EncoderStackDecoder, HierarchicalOutput, RecurrentPredictor
+from stpl.models import (
+    EncoderStackDecoder,
+    HierarchicalOutput,
+    HierarchicalPredictor,
+    RecurrentPredictor,
+)
 from stpl.registry import get_model
 from stpl.training import hierarchical_loss
 
@@ -292,9 +297,9 @@ def _model_workload(
 
 def _head_targets(module: nn.Module, frames: Tensor) -> list[Tensor | None] | None:
     """Random targets ``(B, T, C_h, H, W)`` for the heads of a hierarchical model."""
-    heads = getattr(module, "head_channels", None)
-    if heads is None:
+    if not isinstance(module, HierarchicalPredictor):
         return None
+    heads = module.head_channels
     g = torch.Generator().manual_seed(7)
     b, t, _, h, w = frames.shape
     return [

@@ -738,7 +738,9 @@ class HierarchicalPredictor(RecurrentPredictor):
         return self._unwrap_stream(state, frames)
 
     # ------------------------------------------------------------------ compiled parts
-    def compile_step(self, enable: bool = True, **compile_kwargs: Any) -> HierarchicalPredictor:
+    def compile_step(
+        self, enable: bool = True, *, dynamic_batch: bool = True, **compile_kwargs: Any
+    ) -> HierarchicalPredictor:
         """Compile the recurrent parts of a step with ``torch.compile``; the loop stays eager.
 
         Each level's predictor and each prior/posterior is compiled on its own (one small
@@ -749,12 +751,14 @@ class HierarchicalPredictor(RecurrentPredictor):
 
         Args:
             enable: ``False`` drops the compiled parts and goes back to eager.
+            dynamic_batch: let a part recompile once with dynamic shapes when the batch size
+                changes (``torch.compile(dynamic=None)``); ``False`` keeps static shapes.
             **compile_kwargs: passed to ``torch.compile`` (``backend``, ``mode``, ...).
         """
         if not enable:
             self._compiled_parts = None
             return self
-        kwargs = {"dynamic": False, **compile_kwargs}
+        kwargs = {"dynamic": None if dynamic_batch else False, **compile_kwargs}
         parts: dict[str, Callable[..., Any]] = {}
         for group in ("levels", "priors", "posteriors"):
             modules = getattr(self, group)
