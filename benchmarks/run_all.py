@@ -36,7 +36,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
-PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn", "mau", "phydnet", "mim", "e3d_lstm")
+PRESETS = (
+    "convlstm",
+    "predrnn",
+    "predrnn_v2",
+    "modernn",
+    "mau",
+    "phydnet",
+    "mim",
+    "e3d_lstm",
+    "swinlstm",
+    "swinlstm_b",
+    "encoder_forecaster",
+    "mspred",
+)
 CELLS = ("convlstm", "stlstm", "modernn", "dcb")
 DTYPES = ("float32", "bfloat16")
 NO_LAYOUT_OPT = ("modernn",)

@@ -618,10 +618,33 @@ def load_checkpoint(path: str, option: str) -> dict[str, Any]:
     return ckpt
 
 
+def mspred_example() -> Any:
+    """``examples/mspred_example.py``: MSPred's loss, heatmap targets and pictures."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mspred_example", Path(__file__).with_name("mspred_example.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("mspred_example", module)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(args: argparse.Namespace, given: set[str]) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     check_args(args, world)
+    if args.model == "mspred":  # every level and its heatmaps: examples/mspred_example.py
+        if world > 1 or args.data or args.resume or args.evaluate or args.stop_at:
+            raise UsageError(
+                "--model mspred trains on generated digits in one process (no --data, "
+                "--resume, --evaluate, --stop-at or torchrun)"
+            )
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        return int(mspred_example().run(args, check_device(args.device)))
     option = "--evaluate" if args.evaluate is not None else "--resume"
     ckpt = None
     if args.evaluate is not None or args.resume is not None:

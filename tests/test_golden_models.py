@@ -45,6 +45,7 @@ TESTED_ELSEWHERE = {
     "model_hzzone_encoder_forecaster": "test_encoder_forecaster.py",
     "model_openstl_swinlstm": "test_swinlstm.py",
     "model_openstl_swinlstm_b": "test_swinlstm.py",
+    "model_mspred": "test_mspred.py",
 }
 NOT_SUPPORTED = {"model_openstl_predrnnpp"}
 # references whose training loss is MSE + L1 (OpenSTL E3DLSTM_Model) instead of MSE

@@ -13,8 +13,13 @@ from torch import Tensor, nn
 
 from stpl.benchmark._config import BenchConfig
 from stpl.cells import ConvLSTMCell, DetailContextBlock, MoDeRNNCell, STLSTMCell
-from stpl.models import RecurrentPredictor
+from stpl.models import (
+    HierarchicalOutput,
+    HierarchicalPredictor,
+    RecurrentPredictor,
+)
 from stpl.registry import get_model
+from stpl.training import hierarchical_loss
 
 __all__ = [
     "CellStack",
@@ -226,14 +231,21 @@ def _model_workload(
         steps = config.frames
         target = frames[:, context:]
 
+    head_targets = _head_targets(module, frames)
+    # MSPred's trainer reads 5 outputs per level: compute only those (as its reference does)
+    train_kwargs: dict[str, Any] = {"num_preds": 5} if head_targets is not None else {}
+
     def train_step(fn: Callable[..., Any], mod: nn.Module) -> Step:
         def run() -> Tensor:
             mod.zero_grad(set_to_none=True)
             with autocast_context(config):
-                out = fn(frames, context)
-                loss = F.mse_loss(out.predictions.float(), target)
-                if out.decouple_loss is not None:
-                    loss = loss + 0.1 * out.decouple_loss.float()
+                out = fn(frames, context, **train_kwargs)
+                if isinstance(out, HierarchicalOutput):  # MSPred: every level and the KL
+                    loss = hierarchical_loss(out, frames, head_targets, context=context).total
+                else:
+                    loss = F.mse_loss(out.predictions.float(), target)
+                    if out.decouple_loss is not None:
+                        loss = loss + 0.1 * out.decouple_loss.float()
             torch.autograd.backward(loss)
             return loss.detach()
 
@@ -243,6 +255,8 @@ def _model_workload(
         def run() -> Tensor:
             with torch.no_grad(), autocast_context(config):
                 out = fn(frames, context)
+            if isinstance(out, HierarchicalOutput):
+                return out.frames
             return out.predictions  # type: ignore[no-any-return]
 
         return run
@@ -297,6 +311,19 @@ def _model_workload(
         stream,
         compile_target,
     )
+
+
+def _head_targets(module: nn.Module, frames: Tensor) -> list[Tensor | None] | None:
+    """Random targets ``(B, T, C_h, H, W)`` for the heads of a hierarchical model."""
+    if not isinstance(module, HierarchicalPredictor):
+        return None
+    heads = module.head_channels
+    g = torch.Generator().manual_seed(7)
+    b, t, _, h, w = frames.shape
+    return [
+        None if c is None else torch.rand(b, t, c, h, w, generator=g).to(frames.device)
+        for c in heads
+    ]
 
 
 def _cell_workload(

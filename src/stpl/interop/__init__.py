@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from stpl.interop import (  # noqa: F401  (register sources)
     hzzone,
     modernn,
+    mspred,
     ndrplz,
     openstl,
     openstl_mau_phydnet,

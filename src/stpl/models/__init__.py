@@ -10,6 +10,14 @@ from stpl.models._base import (
 from stpl.models.e3d_lstm import E3DLSTM, E3DState
 from stpl.models.encoder_forecaster import EncoderForecaster
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
+from stpl.models.hierarchical import (
+    HierarchicalOutput,
+    HierarchicalPredictor,
+    HierarchicalState,
+    HierarchicalStream,
+    LatentStats,
+    LevelState,
+)
 from stpl.models.mau import MAU
 from stpl.models.mim import MIM, MIMState
 from stpl.models.phydnet import PhyDNet, PhyDNetState
@@ -24,7 +32,13 @@ __all__ = [
     "EncoderForecaster",
     "EncoderStackDecoder",
     "Generation",
+    "HierarchicalOutput",
+    "HierarchicalPredictor",
+    "HierarchicalState",
+    "HierarchicalStream",
+    "LatentStats",
     "LayerState",
+    "LevelState",
     "MIMState",
     "PhyDNet",
     "PhyDNetState",

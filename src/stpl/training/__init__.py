@@ -28,6 +28,14 @@ Typical loop::
         loss.backward(); opt.step(); opt.zero_grad(); sched.step()
 """
 
+from stpl.training.hierarchical import (
+    HierarchicalLoss,
+    gaussian_kl,
+    hierarchical_loss,
+    latent_kl,
+    level_outputs,
+    mspred_loss,
+)
 from stpl.training.losses import (
     Adapter,
     LossReduction,
@@ -61,6 +69,7 @@ from stpl.training.teacher_forcing import BatchTeacherForcing, teacher_forcing_r
 __all__ = [
     "Adapter",
     "BatchTeacherForcing",
+    "HierarchicalLoss",
     "LinearScheduledSampling",
     "LossReduction",
     "ReverseScheduledSampling",
@@ -71,11 +80,16 @@ __all__ = [
     "balanced_loss",
     "decoupling_loss",
     "decoupling_term",
+    "gaussian_kl",
+    "hierarchical_loss",
     "inference_mask",
+    "latent_kl",
+    "level_outputs",
     "linear_sampling_eta",
     "modernn_loss",
     "moment_loss",
     "mse_l1_loss",
+    "mspred_loss",
     "phycell_moment_loss",
     "phydnet_loss",
     "predrnn_loss",
