@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from stpl.models import EncoderStackDecoder
+from stpl.models.encoder_stack_decoder import EncoderStackDecoder
 
 __all__ = ["PRESETS", "Preset", "get_model", "list_models", "preset", "register_preset"]
 

@@ -8,6 +8,8 @@ from torch import nn
 
 from stpl.cells.convlstm import ConvLSTMCell
 from stpl.cells.modernn import MoDeRNNCell
+from stpl.cells.predrnn_pp import CausalLSTMCell
+from stpl.cells.sa_convlstm import SAConvLSTMCell
 from stpl.cells.stlstm import STLSTMCell
 
 __all__ = ["CELLS", "cell_options", "register_cell"]
@@ -16,6 +18,8 @@ CELLS: dict[str, type[nn.Module]] = {
     "convlstm": ConvLSTMCell,
     "stlstm": STLSTMCell,
     "modernn": MoDeRNNCell,
+    "causal_lstm": CausalLSTMCell,
+    "sa_convlstm": SAConvLSTMCell,
 }
 """Cells the models can build by name. Each is constructed as
 ``cls(in_channels, hidden_channels, kernel_size, **options)`` and follows

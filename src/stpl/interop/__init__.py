@@ -2,8 +2,9 @@
 
 One module per reference repository registers what it can load:
 :mod:`~stpl.interop.predrnn` (thuml/predrnn-pytorch), :mod:`~stpl.interop.openstl`
-(OpenSTL), :mod:`~stpl.interop.modernn` (czh-98/MoDeRNN) and :mod:`~stpl.interop.ndrplz`
-(ndrplz/ConvLSTM_pytorch, MSPred's cell). ``docs/interop.md`` lists the sources and the
+(OpenSTL), :mod:`~stpl.interop.modernn` (czh-98/MoDeRNN), :mod:`~stpl.interop.ndrplz`
+(ndrplz/ConvLSTM_pytorch, MSPred's cell) and :mod:`~stpl.interop.saconvlstm`
+(hyona-yu/SA-convlstm's cell). ``docs/interop.md`` lists the sources and the
 parameter names.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from stpl.interop import modernn, ndrplz, openstl, predrnn  # noqa: F401  (register sources)
+from stpl.interop import modernn, ndrplz, openstl, predrnn, saconvlstm  # noqa: F401  (register sources)
 from stpl.interop._common import (
     cell_source,
     cell_sources,
