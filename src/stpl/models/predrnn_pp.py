@@ -120,7 +120,7 @@ class PredRNNPlusPlus(EncoderStackDecoder):
 
     def _check_state(self, state: Any, frames: Tensor) -> Any:
         if (
-            not isinstance(state, (tuple, list))
+            not isinstance(state, tuple)
             or len(state) != 2
             or (hasattr(state, "_fields") and not isinstance(state, PredRNNPlusPlusState))
         ):
