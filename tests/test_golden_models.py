@@ -33,10 +33,11 @@ SUPPORTED = {
     "model_openstl_convlstm": "openstl_convlstm",
     "model_openstl_predrnn": "openstl_predrnn",
     "model_openstl_predrnnv2": "openstl_predrnnv2",
+    "model_openstl_predrnnpp": "openstl_predrnnpp",
     "model_modernn": "modernn",
 }
 # Baselines that the library does not implement yet: their files are not tested.
-NOT_SUPPORTED = {"model_openstl_e3dlstm", "model_openstl_mim", "model_openstl_predrnnpp"}
+NOT_SUPPORTED = {"model_openstl_e3dlstm", "model_openstl_mim"}
 
 DECOUPLE_BETA = 0.1  # the reference default (run.py, OpenSTL mmnist config)
 

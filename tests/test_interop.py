@@ -682,4 +682,12 @@ def test_load_reference_cell_options_override_and_errors():
         load_reference_cell("predrnn_stlstm", {**sd, "surprise.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="conv_m"):
         load_reference_cell("predrnn_stlstm", {k: v for k, v in sd.items() if "conv_m" not in k})
-    assert set(CELL_SOURCES) == {"openstl_convlstm", "ndrplz_convlstm", "predrnn_stlstm", "modernn"}
+    assert set(CELL_SOURCES) >= {
+        "openstl_convlstm",
+        "ndrplz_convlstm",
+        "predrnn_stlstm",
+        "modernn",
+        "openstl_causallstm",
+        "openstl_ghu",
+        "saconvlstm",
+    }
