@@ -10,6 +10,7 @@ sizes other than the golden file's (C=2 image channels, 3 layers, kernel 5).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -615,3 +616,13 @@ def test_model_repr_and_registry():
     assert preset.cells[0].conv_o is None
     ln = stpl.get_model("predrnn_pp", norm="layer", device="meta")
     assert ln.cells[0].spatial_size == (16, 16) and ln.gradient_highway.spatial_size == (16, 16)
+
+
+def test_stpl_bench_runs_the_preset():
+    from stpl.benchmark import BenchConfig, run_benchmark
+
+    config = BenchConfig(
+        model="predrnn_pp", hidden=4, layers=2, image_size=8, patch_size=2, batch=2, frames=4
+    )
+    result = run_benchmark(replace(config, repeats=2, memory=False, isolated=False))
+    assert result["step"]["median_s"] > 0 and result["flops"] > 0

@@ -9,6 +9,8 @@ checked over several steps with the state carried, at sizes other than the golde
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,13 +110,18 @@ def state(seed: int = 2, dtype: torch.dtype = torch.float64) -> stpl.SAConvLSTMS
     return stpl.SAConvLSTMState(*rand_maps(3, (B, NH, H, W), seed=seed, dtype=dtype))
 
 
+FUSED = [None, True, False]
+
+
 @pytest.mark.parametrize(
     "options",
     [
         {},
         {"norm": None},
-        {"reference_compatible": True},
-        {"forget_bias": 1.0, "attention_channels": 3},
+        {"reference_compatible": True, "fused_attention": True},
+        {"forget_bias": 1.0, "attention_channels": 3, "fused_attention": True},
+        {"attention_channels": 6, "fused_attention": True},  # keys wider than the values
+        {"attention_channels": 6, "fused_attention": False},
     ],
 )
 def test_cell_matches_plain_equations(options):
@@ -129,8 +136,9 @@ def test_cell_matches_plain_equations(options):
         assert_close(got, want, msg=name)
 
 
-def test_sam_matches_plain_equations_and_validates():
-    module = randomize_(stpl.SelfAttentionMemory(NH, ATT)).double()
+@pytest.mark.parametrize("fused", FUSED)
+def test_sam_matches_plain_equations_and_validates(fused):
+    module = randomize_(stpl.SelfAttentionMemory(NH, ATT, fused_attention=fused)).double()
     h, m = rand_maps(2, (B, NH, H, W))
     assert_close(module(h, m), sam(params(module), h, m, prefix=""))
     with pytest.raises(ValueError, match=r"h must have 4 channels"):
@@ -243,10 +251,11 @@ def test_preset_parameter_counts(hidden, kernel, expected):
 
 # ------------------------------------------------------------------ attention
 @pytest.mark.parametrize("n", [16, 256])
-def test_sdpa_equals_explicit_softmax_in_float32(n):
+@pytest.mark.parametrize(("d", "c"), [(4, 8), (8, 4), (8, 8)])
+def test_sdpa_equals_explicit_softmax_in_float32(n, d, c):
     gen = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(2, 2, n, 4, generator=gen) * 2 for _ in range(2))
-    v = torch.randn(2, 2, n, 8, generator=gen)
+    q, k = (torch.randn(2, 2, n, d, generator=gen) * 2 for _ in range(2))
+    v = torch.randn(2, 2, n, c, generator=gen)
     explicit = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
     assert_close(self_attention(q, k, v), explicit, rtol=1e-5, atol=1e-6)
     exact = torch.softmax(q.double() @ k.double().transpose(-1, -2), dim=-1) @ v.double()
@@ -299,9 +308,10 @@ def test_state_none_is_zero_state():
     assert_close(cell(x), cell(x, zero), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("norm", ["group", None])
-def test_gradcheck(norm):
-    cell = randomize_(stpl.SAConvLSTMCell(2, 3, 3, attention_channels=2, norm=norm)).double()
+@pytest.mark.parametrize(("norm", "fused"), [("group", False), (None, True)])
+def test_gradcheck(norm, fused):
+    cell = stpl.SAConvLSTMCell(2, 3, 3, attention_channels=2, norm=norm, fused_attention=fused)
+    cell = randomize_(cell).double()
     (x,) = rand_maps(1, (1, 2, 3, 4))
     s = stpl.SAConvLSTMState(*rand_maps(3, (1, 3, 3, 4), seed=4))
 
@@ -312,8 +322,9 @@ def test_gradcheck(norm):
     assert torch.autograd.gradcheck(step, inputs, fast_mode=True)
 
 
-def test_every_parameter_gets_a_gradient():
-    cell = cell32()
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_parameter_gets_a_gradient(fused):
+    cell = cell32(fused_attention=fused)
     (x,) = rand_maps(1, (B, C_IN, H, W), dtype=torch.float32)
     _, new = cell(x, state(dtype=torch.float32))
     weights = rand_maps(3, new[0].shape, seed=9)
@@ -322,8 +333,9 @@ def test_every_parameter_gets_a_gradient():
         assert p.grad is not None and p.grad.abs().sum() > 1e-6, name
 
 
-def test_autocast_bfloat16_is_close_to_float32():
-    cell = cell32()
+@pytest.mark.parametrize("fused", [True, False])
+def test_autocast_bfloat16_is_close_to_float32(fused):
+    cell = cell32(fused_attention=fused)
     xs = rand_maps(3, (B, C_IN, H, W), dtype=torch.float32)
     ref_state, s = None, None
     for x in xs:
@@ -336,9 +348,10 @@ def test_autocast_bfloat16_is_close_to_float32():
     assert all(torch.isfinite(p.grad).all() for p in cell.parameters())
 
 
-def test_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("fused", [True, False])
+def test_compile_fullgraph_matches_eager(fused):
     torch._dynamo.reset()
-    cell = cell32(reference_compatible=True)
+    cell = cell32(reference_compatible=True, fused_attention=fused)
     (x,) = rand_maps(1, (B, C_IN, H, W), dtype=torch.float32)
     compiled = torch.compile(cell, fullgraph=True, backend="aot_eager")
     h, s = compiled(x)
@@ -364,7 +377,25 @@ def test_extra_repr_and_defaults():
     for item in ["3, 8", "kernel_size=5", "attention_channels=2", "norm='group'", "bias=False"]:
         assert item in text
     assert "bias=True" in repr(stpl.SAConvLSTMCell(3, 8, 5, norm=None))
+    assert "fused_attention=None" in text
     assert stpl.CELLS["sa_convlstm"] is stpl.SAConvLSTMCell
+
+
+def test_default_attention_kernel_is_explicit_on_cpu(monkeypatch):
+    import stpl.cells.sa_convlstm as module
+
+    calls = []
+
+    def spy(q, k, v):
+        calls.append(q.shape)
+        return self_attention(q, k, v)
+
+    monkeypatch.setattr(module, "self_attention", spy)
+    x = torch.randn(B, C_IN, H, W)
+    stpl.SAConvLSTMCell(C_IN, NH, 3)(x)
+    assert calls == []
+    stpl.SAConvLSTMCell(C_IN, NH, 3, fused_attention=True)(x)
+    assert calls == [(B, 2, H * W, NH // 4)]
 
 
 def test_errors_name_the_argument():
@@ -385,6 +416,8 @@ def test_errors_name_the_argument():
         stpl.SAConvLSTMCell(C_IN, NH, 2)
     with pytest.raises(ValueError, match="reference_compatible must be True or False"):
         stpl.SAConvLSTMCell(C_IN, NH, 3, reference_compatible=1)
+    with pytest.raises(ValueError, match="fused_attention must be True or False"):
+        stpl.SAConvLSTMCell(C_IN, NH, 3, fused_attention="auto")
     sd = hyona_state_dict(C_IN, NH, ATT, 3)
     with pytest.raises(ValueError, match=r"conv2d\.0\.weight"):
         load_reference_cell("saconvlstm", {k: v for k, v in sd.items() if k != "conv2d.0.weight"})
@@ -410,3 +443,13 @@ def test_preset_wiring():
             inp, states[layer] = cell(inp, states[layer])
         preds.append(model.decoder(inp))
     assert_close(out.predictions, stpl.unpatchify(torch.stack(preds, 1), 4))
+
+
+def test_stpl_bench_runs_the_preset():
+    from stpl.benchmark import BenchConfig, run_benchmark
+
+    config = BenchConfig(
+        model="sa_convlstm", hidden=4, layers=2, image_size=8, patch_size=2, batch=2, frames=4
+    )
+    result = run_benchmark(replace(config, repeats=2, memory=False, isolated=False))
+    assert result["step"]["median_s"] > 0 and result["flops"] > 0

@@ -44,12 +44,16 @@ class SAConvLSTMState(NamedTuple):
 
 
 def self_attention(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-    """``softmax(Q Kᵀ) V`` over the positions, without the ``1/sqrt(d)`` scaling.
+    """``softmax(Q Kᵀ) V`` over the positions, without the ``1/sqrt(d)`` scaling, fused.
 
-    One call of :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``:
-    fused kernels where the backend has them (no ``N x N`` matrix in memory), the plain
-    computation otherwise. ``docs/cells/sa_convlstm.md`` compares it with the explicit
-    ``softmax(bmm(Q, K)) @ V`` of the reference in float32 and bfloat16.
+    One call of :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``.
+    Its fused kernels keep no ``N x N`` matrix in memory. On CUDA the memory-efficient
+    kernel takes values wider than the keys as they are; on CPU the only fused kernel
+    (flash attention) needs one head size for queries, keys and values, so there the
+    smaller side is zero-padded to the larger (zeros add nothing to a dot product; padded
+    value channels are cut off again). ``docs/cells/sa_convlstm.md`` compares the result
+    with the reference's explicit ``softmax(bmm(Q, K)) @ V`` in float32 and bfloat16, and
+    measures time and memory.
 
     Args:
         query: ``(B, G, N, d)``.
@@ -59,7 +63,24 @@ def self_attention(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
     Returns:
         ``(B, G, N, C)``; row ``i`` is ``Σ_j softmax_j(q_i · k_j) v_j``.
     """
+    d, c = query.shape[-1], values.shape[-1]
+    if query.device.type == "cpu" and d < c:
+        query, keys = F.pad(query, (0, c - d)), F.pad(keys, (0, c - d))
+    elif query.device.type == "cpu" and d > c:
+        return F.scaled_dot_product_attention(query, keys, F.pad(values, (0, d - c)), scale=1.0)[
+            ..., :c
+        ]
     return F.scaled_dot_product_attention(query, keys, values, scale=1.0)
+
+
+def _explicit_attention(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """The reference's ``softmax(bmm(Qᵀ, K)) Vᵀ`` on channels-first ``(B, ch, N)`` maps.
+
+    ``query, keys: (B, d, N)``, ``values: (B, C, N)``; returns ``(B, C, N)``. The matrix
+    products read the transposed operands in place (no copies), as the reference's do.
+    """
+    weights = torch.softmax(query.mT @ keys, dim=-1)  # (B, N, N)
+    return (weights @ values.mT).mT
 
 
 class SelfAttentionMemory(nn.Module):
@@ -77,9 +98,16 @@ class SelfAttentionMemory(nn.Module):
 
     ``Q``, ``K`` have ``attention_channels`` channels, ``V`` has ``channels``. Parameter
     names are hyona-yu/SA-convlstm's (``layer_q``, ``layer_k``, ``layer_k2``, ``layer_v``,
-    ``layer_v2``, ``layer_z``, ``layer_m``). Both attentions run in one
-    :func:`self_attention` call; the reference computes ``layer_v2(m)`` twice, this module
-    once.
+    ``layer_v2``, ``layer_z``, ``layer_m``). The projections of ``h`` and of ``m`` run as
+    one convolution each; the reference computes ``layer_v2(m)`` twice, this module once.
+
+    Attention kernel (``fused_attention``): ``True`` runs both attentions in one
+    :func:`self_attention` call (:func:`torch.nn.functional.scaled_dot_product_attention`,
+    no ``N x N`` matrix in memory); ``False`` computes ``softmax(bmm(Qᵀ, K))`` explicitly as
+    the reference does; ``None`` (default) chooses the fused call except on CPU, where the
+    explicit one measured faster at the papers' 16x16 maps (``docs/cells/sa_convlstm.md``:
+    time and memory of both at 16x16 and 32x32). The results agree to float round-off in
+    float32; in bfloat16 the fused call is the more accurate.
 
     Dead parameters of the reference: a bias of a key projection adds ``q_i · b_k`` to every
     logit of row ``i``, which the softmax over ``j`` cancels, so ``layer_k.bias`` and
@@ -95,6 +123,8 @@ class SelfAttentionMemory(nn.Module):
         attention_channels: d, channels of the queries and keys.
         reference_compatible: also create the key biases (dead parameters), so that the
             reference's state dicts load as they are and parameter counts match.
+        fused_attention: ``True`` (fused kernel), ``False`` (explicit softmax) or ``None``
+            (fused except on CPU).
         device, dtype: where and in which dtype to create the parameters.
 
     Shapes: ``h, m: (B, C, H, W)``; returns ``(h', m')`` of the same shape.
@@ -106,6 +136,7 @@ class SelfAttentionMemory(nn.Module):
         attention_channels: int,
         *,
         reference_compatible: bool = False,
+        fused_attention: bool | None = None,
         device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -113,6 +144,9 @@ class SelfAttentionMemory(nn.Module):
         self.channels = check_positive_int("channels", channels)
         self.attention_channels = check_positive_int("attention_channels", attention_channels)
         self.reference_compatible = check_bool("reference_compatible", reference_compatible)
+        self.fused_attention = (
+            None if fused_attention is None else check_bool("fused_attention", fused_attention)
+        )
         c, d = self.channels, self.attention_channels
         factory = factory_kwargs(device, dtype)
         key_bias = self.reference_compatible
@@ -147,14 +181,22 @@ class SelfAttentionMemory(nn.Module):
         d, n = self.attention_channels, height * width
         qkv = self._project(h, (self.layer_q, self.layer_k, self.layer_v)).flatten(2)
         kv_m = self._project(m, (self.layer_k2, self.layer_v2)).flatten(2)
-        q = qkv[:, :d]
-        keys = torch.stack((qkv[:, d : 2 * d], kv_m[:, :d]), dim=1)  # (B, 2, d, N)
-        values = torch.stack((qkv[:, 2 * d :], kv_m[:, d:]), dim=1)  # (B, 2, C, N)
-        query = q.unsqueeze(1).expand(b, 2, d, n)
-        z = self_attention(
-            query.transpose(2, 3), keys.transpose(2, 3), values.transpose(2, 3)
-        )  # (B, 2, N, C): [Z_h, Z_m]
-        z = z.transpose(2, 3).reshape(b, 2 * c, height, width)
+        q, k_h, v_h = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]  # (B, ch, N)
+        k_m, v_m = kv_m[:, :d], kv_m[:, d:]
+        fused = self.fused_attention
+        if fused is None:
+            fused = h.device.type != "cpu"
+        if fused:
+            # positions first, (B, 2, N, ch): the layout the attention kernels read
+            query = q.mT.unsqueeze(1).expand(b, 2, n, d)
+            keys = torch.stack((k_h.mT, k_m.mT), dim=1)
+            values = torch.stack((v_h.mT, v_m.mT), dim=1)
+            z = self_attention(query, keys, values).mT  # (B, 2, C, N): [Z_h, Z_m]
+        else:
+            z = torch.cat(
+                (_explicit_attention(q, k_h, v_h), _explicit_attention(q, k_m, v_m)), dim=1
+            )
+        z = z.reshape(b, 2 * c, height, width)
         o, g, i = split_gates(self.layer_m(torch.cat((self.layer_z(z), h), dim=1)), c)
         i = torch.sigmoid(i)
         m_next = (1 - i) * m + i * torch.tanh(g)
@@ -163,7 +205,8 @@ class SelfAttentionMemory(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.channels}, attention_channels={self.attention_channels}, "
-            f"reference_compatible={self.reference_compatible}"
+            f"reference_compatible={self.reference_compatible}, "
+            f"fused_attention={self.fused_attention}"
         )
 
 
@@ -195,10 +238,10 @@ class SAConvLSTMCell(nn.Module):
     exist and are used as in the reference, so its state dicts load as they are; outputs
     are the same either way); "same" padding ``k // 2`` always (the reference takes a
     separate ``padding``); ``layer_v2(m)`` is computed once (the reference computes it
-    twice); the two attentions run as one
-    :func:`torch.nn.functional.scaled_dot_product_attention` call with ``scale=1`` (equal to
-    the reference's ``softmax(bmm(Q, K))`` to float round-off, see the docs page); the
-    state is validated and zero states follow ``x``.
+    twice); with ``fused_attention`` (default: everywhere but on CPU) the two attentions run
+    as one :func:`torch.nn.functional.scaled_dot_product_attention` call with ``scale=1``
+    (equal to the reference's ``softmax(bmm(Q, K))`` to float round-off, see the docs page);
+    the state is validated and zero states follow ``x``.
 
     Args:
         in_channels: C_in of ``x``.
@@ -209,6 +252,7 @@ class SAConvLSTMCell(nn.Module):
         norm: ``"group"`` (the reference's per-channel group norm) or ``None``.
         forget_bias: constant added to the forget gate (0 in the reference).
         reference_compatible: also create the reference's dead parameters (see above).
+        fused_attention: the SAM's attention kernel (:class:`SelfAttentionMemory`).
         device, dtype: where and in which dtype to create the parameters.
 
     Shapes: ``x: (B, C_in, H, W)``, states ``(B, nh, H, W)``; returns ``h'`` and
@@ -228,6 +272,7 @@ class SAConvLSTMCell(nn.Module):
         norm: GateNorm = "group",
         forget_bias: float = 0.0,
         reference_compatible: bool = False,
+        fused_attention: bool | None = None,
         device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -260,6 +305,7 @@ class SAConvLSTMCell(nn.Module):
             nh,
             self.attention_channels,
             reference_compatible=self.reference_compatible,
+            fused_attention=fused_attention,
             **factory,
         )
 
@@ -303,5 +349,6 @@ class SAConvLSTMCell(nn.Module):
             f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
             f"attention_channels={self.attention_channels}, norm={self.norm!r}, "
             f"forget_bias={self.forget_bias}, bias={self.conv.bias is not None}, "
-            f"reference_compatible={self.reference_compatible}"
+            f"reference_compatible={self.reference_compatible}, "
+            f"fused_attention={self.attention.fused_attention}"
         )
