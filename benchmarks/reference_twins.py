@@ -236,6 +236,7 @@ def build_pair(name: str, args: argparse.Namespace, device: torch.device) -> tup
             num_layers=args.layers,
             kernel_size=args.kernel,
             patch_size=p,
+            fused_attention={"auto": None, "on": True, "off": False}[args.fused_attention],
         )
         for layer, cell in enumerate(ref.cells):
             ours.cells[layer].load_state_dict(
@@ -406,6 +407,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each, in turns")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument(
+        "--fused-attention",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="SA-ConvLSTM's attention kernel (auto: fused except on CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the JSON here (else print it)")
     args = parser.parse_args()

@@ -577,6 +577,7 @@ def test_model_layer_norm_and_any_cell():
     assert stl(frames).predictions.shape == (B, T - 1, C, HW, HW)
 
 
+@pytest.mark.slow
 def test_model_checkpoint_steps_and_compile_step():
     from torch._dynamo.backends.debugging import aot_eager
 
