@@ -12,8 +12,9 @@ matrix. This script measures, for each map size and dtype:
   step): stpl's call vs the reference's explicit ``softmax(bmm(Q, K)) @ V``, forward under
   ``no_grad`` and forward + backward, taking turns; peak memory of each; the error of each
   against a float64 computation;
-- one training step of an ``SAConvLSTMCell`` (gates + SAM) over 10 time steps, to show how
-  the whole cell scales from 16x16 to 32x32.
+- one training step of an ``SAConvLSTMCell`` (gates + SAM) over 10 time steps with each
+  attention kernel (``fused_attention=True`` / ``False``, taking turns), to show how the
+  whole cell scales from 16x16 to 32x32 and what the kernel choice changes there.
 
 Peak memory: ``stpl.benchmark``'s ``peak_memory_bytes`` (CUDA: ``max_memory_allocated``;
 CPU: the allocator events of ``torch.profiler``), i.e. tensor memory added by one call.
@@ -104,28 +105,33 @@ def attention_rows(
 def cell_row(
     size: int, dtype: str, args: argparse.Namespace, device: torch.device
 ) -> dict[str, Any]:
-    torch.manual_seed(0)
-    cell = stpl.SAConvLSTMCell(16, args.hidden, 5).to(device)
     xs = torch.rand(10, args.batch, 16, size, size, device=device)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
-    def step() -> None:
-        cell.zero_grad(set_to_none=True)
-        state = None
-        total = xs.new_zeros(())
-        with ctx:
-            for x in xs:
-                h, state = cell(x, state)
-                total = total + h.float().square().mean()
-        total.backward()
+    def make(fused: bool) -> Any:
+        torch.manual_seed(0)
+        cell = stpl.SAConvLSTMCell(16, args.hidden, 5, fused_attention=fused).to(device)
 
-    (timing,) = time_interleaved([step], device, repeats=args.repeats)
-    peak, _ = peak_memory_bytes(step, device)
+        def step() -> None:
+            cell.zero_grad(set_to_none=True)
+            state = None
+            total = xs.new_zeros(())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                for x in xs:
+                    h, state = cell(x, state)
+                    total = total + h.float().square().mean()
+            total.backward()
+
+        return step
+
+    fused, explicit = make(True), make(False)
+    t_fused, t_explicit = time_interleaved([fused, explicit], device, repeats=args.repeats)
     return {
         "map": f"{size}x{size}",
         "dtype": dtype,
-        "cell_train_10_steps_ms": timing.median_s * 1e3,
-        "cell_peak_bytes": peak,
+        "fused_train_10_steps_ms": t_fused.median_s * 1e3,
+        "explicit_train_10_steps_ms": t_explicit.median_s * 1e3,
+        "fused_peak_bytes": peak_memory_bytes(fused, device)[0],
+        "explicit_peak_bytes": peak_memory_bytes(explicit, device)[0],
     }
 
 
@@ -162,9 +168,11 @@ def main() -> None:
             row = cell_row(size, dtype_name, args, device)
             cells.append(row)
             print(
-                f"cell {row['map']} {dtype_name:8}: train 10 steps "
-                f"{row['cell_train_10_steps_ms']:.1f} ms, peak {row['cell_peak_bytes'] / 2**20:.1f}"
-                " MiB",
+                f"cell {row['map']} {dtype_name:8}: train 10 steps fused "
+                f"{row['fused_train_10_steps_ms']:.1f} ms / explicit "
+                f"{row['explicit_train_10_steps_ms']:.1f} ms, peak "
+                f"{row['fused_peak_bytes'] / 2**20:.1f} / "
+                f"{row['explicit_peak_bytes'] / 2**20:.1f} MiB",
                 flush=True,
             )
     result = {

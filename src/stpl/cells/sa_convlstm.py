@@ -182,8 +182,8 @@ class SelfAttentionMemory(nn.Module):
         qkv = self._project(h, (self.layer_q, self.layer_k, self.layer_v)).flatten(2)
         kv_m = self._project(m, (self.layer_k2, self.layer_v2)).flatten(2)
         # split (not slices): its backward is one concatenation of the gradients
-        q, k_h, v_h = torch.split(qkv, (d, d, c), dim=1)  # (B, ch, N)
-        k_m, v_m = torch.split(kv_m, (d, c), dim=1)
+        q, k_h, v_h = torch.split(qkv, [d, d, c], dim=1)  # (B, ch, N)
+        k_m, v_m = torch.split(kv_m, [d, c], dim=1)
         fused = self.fused_attention
         if fused is None:
             fused = h.device.type != "cpu"
