@@ -36,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
-PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn")
+PRESETS = ("convlstm", "predrnn", "predrnn_v2", "modernn", "predrnn_pp", "sa_convlstm")
 CELLS = ("convlstm", "stlstm", "modernn", "dcb")
 DTYPES = ("float32", "bfloat16")
 NO_LAYOUT_OPT = ("modernn",)
@@ -287,6 +287,28 @@ def render() -> str:
         *ro,
         "",
     ]
+    for path in sorted(RESULTS.glob("twins-*.json")):
+        twins = json.loads(path.read_text())
+        cfg = twins["config"]
+        out += [
+            f"### Reference twins (`benchmarks/reference_twins.py`, `{path.name}`): "
+            f"B={cfg['batch']}, T={cfg['frames']}, {cfg['image_size']}x{cfg['image_size']}, "
+            f"{cfg['layers']}x{cfg['hidden']}, k{cfg['kernel']}, {cfg['mode']}, "
+            f"{twins['machine']['threads']} thread(s)",
+            "",
+            "| preset | dtype | ours ms | reference ms | speed-up (medians) | speed-up (per round) "
+            "| peak MiB ours / reference | max abs diff fp32 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for t in twins["rows"]:
+            mem = t["peak_memory_bytes"]
+            out.append(
+                f"| {t['model']} | {t['dtype']} | {_ms(t['ours']['median_s'])} | "
+                f"{_ms(t['reference']['median_s'])} | {t['speedup_of_medians']:.2f}x | "
+                f"{t['speedup_per_round_median']:.2f}x | {mem['ours'] / 2**20:.1f} / "
+                f"{mem['reference'] / 2**20:.1f} | {t['max_abs_diff_float32']:.1e} |"
+            )
+        out.append("")
     batched = _load("batched-conv")
     if batched is not None:
         out += [

@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 from torch.testing import assert_close
 
@@ -627,3 +629,21 @@ def test_stpl_bench_runs_the_preset():
     )
     result = run_benchmark(replace(config, repeats=2, memory=False, isolated=False))
     assert result["step"]["median_s"] > 0 and result["flops"] > 0
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    c_in=st.integers(1, 3),
+    nh=st.integers(1, 3),
+    h=st.sampled_from([1, 3, 5]),
+    w=st.sampled_from([2, 7]),
+    k=st.sampled_from([1, 3, 5]),
+)
+def test_shapes_and_finite(b, c_in, nh, h, w, k):
+    for cell in (stpl.CausalLSTMCell(c_in, nh, k), stpl.GradientHighwayUnit(c_in, nh, k)):
+        x = torch.randn(b, c_in, h, w)
+        out, state = cell(x)
+        out, state = cell(x, state)
+        assert out.shape == (b, nh, h, w)
+        assert all(t.shape == (b, nh, h, w) and torch.isfinite(t).all() for t in state)

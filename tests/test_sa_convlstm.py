@@ -14,6 +14,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 from torch.testing import assert_close
 
@@ -453,3 +455,22 @@ def test_stpl_bench_runs_the_preset():
     )
     result = run_benchmark(replace(config, repeats=2, memory=False, isolated=False))
     assert result["step"]["median_s"] > 0 and result["flops"] > 0
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    c_in=st.integers(1, 3),
+    nh=st.integers(1, 5),
+    h=st.sampled_from([1, 3, 5]),
+    w=st.sampled_from([2, 7]),
+    k=st.sampled_from([1, 3, 5]),
+    fused=st.booleans(),
+)
+def test_shapes_and_finite(b, c_in, nh, h, w, k, fused):
+    cell = stpl.SAConvLSTMCell(c_in, nh, k, fused_attention=fused)
+    x = torch.randn(b, c_in, h, w)
+    out, s = cell(x)
+    out, s = cell(x, s)
+    assert out.shape == (b, nh, h, w)
+    assert all(t.shape == (b, nh, h, w) and torch.isfinite(t).all() for t in s)
