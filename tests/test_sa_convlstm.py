@@ -278,7 +278,7 @@ def test_sdpa_in_bfloat16_is_no_worse_than_the_explicit_softmax():
 
 # ------------------------------------------------------------------ battery
 def cell32(**kw) -> stpl.SAConvLSTMCell:
-    return randomize_(stpl.SAConvLSTMCell(C_IN, NH, 3, attention_channels=ATT, **kw))
+    return randomize_(stpl.SAConvLSTMCell(C_IN, NH, 3, **{"attention_channels": ATT, **kw}))
 
 
 def test_carried_state_equals_one_loop():
@@ -474,3 +474,18 @@ def test_shapes_and_finite(b, c_in, nh, h, w, k, fused):
     out, s = cell(x, s)
     assert out.shape == (b, nh, h, w)
     assert all(t.shape == (b, nh, h, w) and torch.isfinite(t).all() for t in s)
+
+
+@pytest.mark.parametrize("att", [NH, ATT])
+def test_fused_attention_reaches_the_flash_kernel_on_cpu(att):
+    """The fused path feeds inputs the CPU flash kernel accepts (one head size, unit last
+    stride); with every other backend disabled a fallback would raise."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cell = cell32(attention_channels=att, fused_attention=True)
+    x = torch.randn(B, C_IN, H, W)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        h, s = cell(x)
+        h, s = cell(x, s)
+        h.sum().backward()
+    assert_close(tuple(cell(x, None)[1]), tuple(cell32(attention_channels=att)(x)[1]))

@@ -188,8 +188,8 @@ class SelfAttentionMemory(nn.Module):
         if fused is None:
             fused = h.device.type != "cpu"
         if fused:
-            # positions first, (B, 2, N, ch): the layout the attention kernels read
-            query = q.mT.unsqueeze(1).expand(b, 2, n, d)
+            # positions first, (B, 2, N, ch), unit last stride: what the fused kernels read
+            query = q.mT.contiguous().unsqueeze(1).expand(b, 2, n, d)
             keys = torch.stack((k_h.mT, k_m.mT), dim=1)
             values = torch.stack((v_h.mT, v_m.mT), dim=1)
             z = self_attention(query, keys, values).mT  # (B, 2, C, N): [Z_h, Z_m]
