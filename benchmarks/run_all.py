@@ -49,6 +49,8 @@ PRESETS = (
     "swinlstm_b",
     "encoder_forecaster",
     "mspred",
+    "predrnn_pp",
+    "sa_convlstm",
 )
 CELLS = ("convlstm", "stlstm", "modernn", "dcb")
 DTYPES = ("float32", "bfloat16")
@@ -326,6 +328,28 @@ def render() -> str:
             *twins,
             "",
         ]
+    for path in sorted(RESULTS.glob("twins-*.json")):
+        twin_file = json.loads(path.read_text())
+        cfg = twin_file["config"]
+        out += [
+            f"### Reference twins (`benchmarks/reference_twins.py`, `{path.name}`): "
+            f"B={cfg['batch']}, T={cfg['frames']}, {cfg['image_size']}x{cfg['image_size']}, "
+            f"{cfg['layers']}x{cfg['hidden']}, k{cfg['kernel']}, {cfg['mode']}, "
+            f"{twin_file['machine']['threads']} thread(s)",
+            "",
+            "| preset | dtype | ours ms | reference ms | speed-up (medians) | speed-up (per round) "
+            "| peak MiB ours / reference | max abs diff fp32 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for t in twin_file["rows"]:
+            mem = t["peak_memory_bytes"]
+            out.append(
+                f"| {t['model']} | {t['dtype']} | {_ms(t['ours']['median_s'])} | "
+                f"{_ms(t['reference']['median_s'])} | {t['speedup_of_medians']:.2f}x | "
+                f"{t['speedup_per_round_median']:.2f}x | {mem['ours'] / 2**20:.1f} / "
+                f"{mem['reference'] / 2**20:.1f} | {t['max_abs_diff_float32']:.1e} |"
+            )
+        out.append("")
     batched = _load("batched-conv")
     if batched is not None:
         out += [

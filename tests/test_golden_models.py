@@ -33,6 +33,7 @@ SUPPORTED = {
     "model_openstl_convlstm": "openstl_convlstm",
     "model_openstl_predrnn": "openstl_predrnn",
     "model_openstl_predrnnv2": "openstl_predrnnv2",
+    "model_openstl_predrnnpp": "openstl_predrnnpp",
     "model_modernn": "modernn",
     "model_openstl_mim": "openstl_mim",
     "model_openstl_e3dlstm": "openstl_e3dlstm",
@@ -47,7 +48,7 @@ TESTED_ELSEWHERE = {
     "model_openstl_swinlstm_b": "test_swinlstm.py",
     "model_mspred": "test_mspred.py",
 }
-NOT_SUPPORTED = {"model_openstl_predrnnpp"}
+NOT_SUPPORTED: set[str] = set()
 # references whose training loss is MSE + L1 (OpenSTL E3DLSTM_Model) instead of MSE
 L1_LOSS = {"model_openstl_e3dlstm"}
 

@@ -682,11 +682,14 @@ def test_load_reference_cell_options_override_and_errors():
         load_reference_cell("predrnn_stlstm", {**sd, "surprise.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="conv_m"):
         load_reference_cell("predrnn_stlstm", {k: v for k, v in sd.items() if "conv_m" not in k})
-    assert {
+    assert set(CELL_SOURCES) >= {
         "openstl_convlstm",
         "ndrplz_convlstm",
         "predrnn_stlstm",
         "modernn",
         "hzzone_trajgru",
         "hko7_convgru",
-    } <= set(CELL_SOURCES)
+        "openstl_causallstm",
+        "openstl_ghu",
+        "saconvlstm",
+    }

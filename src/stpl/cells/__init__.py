@@ -11,6 +11,8 @@ from stpl.cells.mau import MAUCell, MAUState
 from stpl.cells.mim import MIMN, MIMBlock, MIMBlockState
 from stpl.cells.modernn import DCBOutput, DetailContextBlock, MoDeRNNCell, MoDeRNNOutput
 from stpl.cells.phycell import PhyCell, PhyCellState, moment_matrix
+from stpl.cells.predrnn_pp import CausalLSTMCell, GradientHighwayUnit, HighwayState
+from stpl.cells.sa_convlstm import SAConvLSTMCell, SAConvLSTMState, SelfAttentionMemory
 from stpl.cells.stlstm import STLSTMCell, STLSTMOutput
 from stpl.cells.swinlstm import SwinLSTMCell, SwinLSTMState
 from stpl.cells.trajgru import TrajGRUCell
@@ -18,6 +20,7 @@ from stpl.cells.trajgru import TrajGRUCell
 __all__ = [
     "CELLS",
     "MIMN",
+    "CausalLSTMCell",
     "ConvGRUCell",
     "ConvLSTMCell",
     "DCBOutput",
@@ -26,6 +29,8 @@ __all__ = [
     "Eidetic3DLSTMCell",
     "GRUState",
     "GateConv",
+    "GradientHighwayUnit",
+    "HighwayState",
     "LSTMState",
     "LayerNorm2d",
     "MAUCell",
@@ -38,9 +43,12 @@ __all__ = [
     "PhyCell",
     "PhyCellState",
     "RecurrentCell",
+    "SAConvLSTMCell",
+    "SAConvLSTMState",
     "STLSTMCell",
     "STLSTMOutput",
     "STLSTMState",
+    "SelfAttentionMemory",
     "SwinLSTMCell",
     "SwinLSTMState",
     "TrajGRUCell",

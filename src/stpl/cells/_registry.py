@@ -11,6 +11,8 @@ from stpl.cells.convlstm import ConvLSTMCell
 from stpl.cells.mau import MAUCell
 from stpl.cells.modernn import MoDeRNNCell
 from stpl.cells.phycell import PhyCell
+from stpl.cells.predrnn_pp import CausalLSTMCell
+from stpl.cells.sa_convlstm import SAConvLSTMCell
 from stpl.cells.stlstm import STLSTMCell
 from stpl.cells.trajgru import TrajGRUCell
 
@@ -24,6 +26,8 @@ CELLS: dict[str, type[nn.Module]] = {
     "phycell": PhyCell,
     "convgru": ConvGRUCell,
     "trajgru": TrajGRUCell,
+    "causal_lstm": CausalLSTMCell,
+    "sa_convlstm": SAConvLSTMCell,
 }
 """Cells the models can build by name. Each is constructed as
 ``cls(in_channels, hidden_channels, kernel_size, **options)`` and follows

@@ -2,10 +2,11 @@
 
 One module per reference repository registers what it can load:
 :mod:`~stpl.interop.predrnn` (thuml/predrnn-pytorch), :mod:`~stpl.interop.openstl`
-(OpenSTL), :mod:`~stpl.interop.modernn` (czh-98/MoDeRNN) and :mod:`~stpl.interop.ndrplz`
-(ndrplz/ConvLSTM_pytorch, MSPred's cell), :mod:`~stpl.interop.hzzone`
-(Hzzone/Precipitation-Nowcasting's TrajGRU and encoder-forecaster, HKO-7's ConvGRU).
-``docs/interop.md`` lists the sources and the
+(OpenSTL), :mod:`~stpl.interop.modernn` (czh-98/MoDeRNN), :mod:`~stpl.interop.ndrplz`
+(ndrplz/ConvLSTM_pytorch, MSPred's cell), :mod:`~stpl.interop.saconvlstm` (hyona-yu/
+SA-convlstm's cell), :mod:`~stpl.interop.hzzone` (Hzzone/Precipitation-Nowcasting's
+TrajGRU and encoder-forecaster, HKO-7's ConvGRU) and :mod:`~stpl.interop.mspred`
+(AIS-Bonn/MSPred). ``docs/interop.md`` lists the sources and the
 parameter names.
 """
 
@@ -25,6 +26,7 @@ from stpl.interop import (  # noqa: F401  (register sources)
     openstl_mau_phydnet,
     openstl_swinlstm,
     predrnn,
+    saconvlstm,
 )
 from stpl.interop._common import (
     cell_source,

@@ -21,6 +21,8 @@ from stpl.models.hierarchical import (
 from stpl.models.mau import MAU
 from stpl.models.mim import MIM, MIMState
 from stpl.models.phydnet import PhyDNet, PhyDNetState
+from stpl.models.predrnn_pp import PredRNNPlusPlus, PredRNNPlusPlusState
+from stpl.models.sa_convlstm import build_sa_convlstm
 from stpl.models.swinlstm import SwinLSTMB, SwinLSTMD
 
 __all__ = [
@@ -42,10 +44,13 @@ __all__ = [
     "MIMState",
     "PhyDNet",
     "PhyDNetState",
+    "PredRNNPlusPlus",
+    "PredRNNPlusPlusState",
     "PredictorOutput",
     "RecurrentPredictor",
     "StepOutput",
     "StreamState",
     "SwinLSTMB",
     "SwinLSTMD",
+    "build_sa_convlstm",
 ]
