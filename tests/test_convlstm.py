@@ -123,3 +123,43 @@ def test_extra_repr():
         "peephole=True",
     ]:
         assert item in text
+
+
+def test_fused_cell_is_one_convolution_of_x_and_h_with_the_same_parameters():
+    torch.manual_seed(0)
+    split = stpl.ConvLSTMCell(3, 5, 3, bias=True, gate_order="ifog")
+    fused = stpl.ConvLSTMCell(3, 5, 3, bias=True, gate_order="ifog", fused=True)
+    fused.load_state_dict(split.state_dict())  # same parameter names and shapes
+    x, h, c = torch.randn(2, 3, 6, 6), torch.randn(2, 5, 6, 6), torch.randn(2, 5, 6, 6)
+    # ndrplz's cell, written plainly: one convolution of cat[x, h], gates (i, f, o, g)
+    w = torch.cat([split.conv_x.conv.weight, split.conv_h.conv.weight], 1)
+    pre = torch.nn.functional.conv2d(torch.cat([x, h], 1), w, split.conv_x.conv.bias, padding=1)
+    i, f, o, g = torch.split(pre, 5, 1)
+    c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_ref = torch.sigmoid(o) * torch.tanh(c_ref)
+    out, state = fused(x, stpl.LSTMState(h, c))
+    assert torch.equal(out, h_ref) and torch.equal(state.c, c_ref)  # bit for bit
+    torch.testing.assert_close(split(x, stpl.LSTMState(h, c))[0], h_ref)  # round-off apart
+    with pytest.raises(ValueError, match="norm=None"):
+        stpl.ConvLSTMCell(3, 5, 3, norm="layer", fused=True)
+
+
+def test_fused_cell_follows_weight_updates_and_trains():
+    torch.manual_seed(0)
+    cell = stpl.ConvLSTMCell(2, 3, 3, bias=True, fused=True)
+    split = stpl.ConvLSTMCell(2, 3, 3, bias=True)
+    split.load_state_dict(cell.state_dict())
+    x = torch.randn(2, 2, 5, 5)
+    for _ in range(2):  # two training steps: the concatenation must see the update
+        for m in (cell, split):
+            m.zero_grad()
+            h, state = m(x)
+            h, _ = m(x, state)
+            h.square().sum().backward()
+        for (n, a), b in zip(cell.named_parameters(), split.parameters(), strict=True):
+            assert_close(a.grad, b.grad, msg=n)
+        with torch.no_grad():
+            for m in (cell, split):
+                for p in m.parameters():
+                    p.sub_(0.1 * p.grad)
+    assert_close(cell(x)[0], split(x)[0])

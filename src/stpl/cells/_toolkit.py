@@ -32,6 +32,7 @@ __all__ = [
     "factory_kwargs",
     "reset_module_parameters",
     "split_gates",
+    "with_memory",
     "zeros_like_map",
 ]
 
@@ -286,6 +287,17 @@ def check_state(name: str, state: object, state_type: type[_S]) -> _S:
             got += f" of {len(state)} items"
         raise ValueError(f"{name} must be a {want} or a tuple of {len(fields)} tensors; got {got}")
     return state_type(*state)
+
+
+def with_memory(state: Any, memory: Tensor) -> Any:
+    """``state`` with its zigzag memory (field ``m``, third position) replaced.
+
+    A NamedTuple is rebuilt positionally (older dynamo cannot trace ``_replace``), a plain
+    tuple stays a tuple.
+    """
+    if hasattr(state, "_fields"):
+        return type(state)(*state[:2], memory, *state[3:])
+    return (*state[:2], memory, *state[3:])
 
 
 def split_gates(t: Tensor, channels: int) -> tuple[Tensor, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stpl.cells._state import LSTMState
@@ -77,6 +78,10 @@ class ConvLSTMCell(nn.Module):
         forget_bias: constant added to the forget-gate pre-activation.
         gate_order: order of the four chunks of the convolution output.
         peephole: Shi et al.'s Hadamard peephole connections (initialised to 0).
+        fused: compute ``W_x * x + W_h * h`` as one convolution of ``cat[x, h]`` with
+            ``cat[W_x, W_h]`` (norm must be None): the summation order of ndrplz's,
+            MSPred's and PhyDNet's cells, which it then reproduces bit for bit. The
+            parameters (and the state dict) are the same either way.
         device, dtype: where and in which dtype to create the parameters (``torch.nn`` style).
 
     Shapes: ``x: (B, C_in, H, W)``, states ``(B, C_hidden, H, W)``; returns ``h'`` and
@@ -95,6 +100,7 @@ class ConvLSTMCell(nn.Module):
         forget_bias: float = 0.0,
         gate_order: str = "ifgo",
         peephole: bool = False,
+        fused: bool = False,
         device: Device = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -107,6 +113,9 @@ class ConvLSTMCell(nn.Module):
         self.forget_bias = float(forget_bias)
         self.gate_order = _check_gate_order(gate_order)
         self.peephole = bool(peephole)
+        self.fused = bool(fused)
+        if self.fused and self.norm is not None:
+            raise ValueError("fused=True computes one convolution of cat[x, h]: it needs norm=None")
         self._index = tuple(self.gate_order.index(g) for g in _GATES)
         nh = hidden_channels
         factory = factory_kwargs(device, dtype)
@@ -151,7 +160,57 @@ class ConvLSTMCell(nn.Module):
         state = self.initial_state(x) if state is None else check_state("state", state, LSTMState)
         h = check_state_map("state.h", state[0], x, self.hidden_channels)
         c = check_state_map("state.c", state[1], x, self.hidden_channels)
-        chunks = split_gates(self.conv_x(x) + self.conv_h(h), self.hidden_channels)
+        if self.fused:
+            weight, bias = self._fused_cached()
+            return self.forward_fused(x, LSTMState(h, c), weight, bias)
+        return self._update(self.conv_x(x) + self.conv_h(h), c)
+
+    def fused_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """``(cat[W_x, W_h], b)``: the gate convolutions as one convolution of ``cat[x, h]``.
+
+        Only for cells without layer norm (the norms act on each convolution's output).
+        A stack can concatenate once per call and pass the result to :meth:`forward_fused`
+        at every step.
+        """
+        if self.norm is not None:
+            raise ValueError("fused_parameters needs a cell without layer norm (norm=None)")
+        wx, wh = self.conv_x.conv, self.conv_h.conv
+        return torch.cat([wx.weight, wh.weight], dim=1), wx.bias
+
+    def _fused_cached(self) -> tuple[Tensor, Tensor | None]:
+        """:meth:`fused_parameters`, concatenated again only when a weight changed.
+
+        Eager loops call the cell at every step with the same weights: the concatenation
+        is kept until a weight is updated in place (its version counter moves), replaced, or
+        the grad mode changes. Inside a compiled graph it is just part of the graph.
+        """
+        if torch.compiler.is_compiling():
+            return self.fused_parameters()
+        wx, wh = self.conv_x.conv.weight, self.conv_h.conv.weight
+        key = (wx._version, wh._version, wx.data_ptr(), wh.data_ptr(), torch.is_grad_enabled())
+        cached = self.__dict__.get("_fused_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.fused_parameters())
+            self.__dict__["_fused_cache"] = cached
+        return cached[1]
+
+    def forward_fused(
+        self, x: Tensor, state: LSTMState, weight: Tensor, bias: Tensor | None
+    ) -> tuple[Tensor, LSTMState]:
+        """One step with the gate pre-activations as one convolution of ``cat[x, h]``.
+
+        ``weight, bias`` from :meth:`fused_parameters`. This is the summation order of
+        ndrplz's, MSPred's and PhyDNet's cells (one convolution over ``C_in + C_hidden``
+        input channels), so their outputs are reproduced bit for bit; the split form of
+        :meth:`forward` differs from it by float round-off. No input checks (hot path).
+        """
+        h, c = state[0], state[1]
+        pre = F.conv2d(torch.cat([x, h], dim=1), weight, bias, padding=self.kernel_size // 2)
+        return self._update(pre, c)
+
+    def _update(self, pre: Tensor, c: Tensor) -> tuple[Tensor, LSTMState]:
+        """The gates from the pre-activations ``pre: (B, 4 C_hidden, H, W)`` and ``c``."""
+        chunks = split_gates(pre, self.hidden_channels)
         i, f, g, o = (chunks[k] for k in self._index)
         if self.peephole_weight is not None:
             w_ci, w_cf = self.peephole_weight[0], self.peephole_weight[1]
@@ -170,5 +229,5 @@ class ConvLSTMCell(nn.Module):
             f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
             f"norm={self.norm!r}, forget_bias={self.forget_bias}, gate_order={self.gate_order!r}, "
             f"peephole={self.peephole}, bias={self.conv_x.conv.bias is not None}, "
-            f"spatial_size={self.spatial_size}"
+            f"spatial_size={self.spatial_size}, fused={self.fused}"
         )

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from stpl.cells import SAConvLSTMCell
 from stpl.interop._common import CellSource, load_checked, need, register_cell_source
 
+__all__ = ["StateDict"]
+
 StateDict = Mapping[str, Tensor]
 
 _SOURCE = "saconvlstm"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stpl.cells._state import LSTMState
+from stpl.cells._toolkit import with_memory
 from stpl.cells.convlstm import ConvLSTMCell
 
 __all__ = [
@@ -253,26 +253,10 @@ def fused_weights(cells: Iterable[nn.Module]) -> FusedWeights:
     out: list[tuple[Tensor, Tensor | None] | None] = []
     for cell in cells:
         if isinstance(cell, ConvLSTMCell) and cell.norm is None and not cell.peephole:
-            wx, wh = cell.conv_x.conv, cell.conv_h.conv
-            out.append((torch.cat([wx.weight, wh.weight], dim=1), wx.bias))
+            out.append(cell.fused_parameters())
         else:
             out.append(None)
     return tuple(out)
-
-
-def _fused_convlstm(
-    cell: ConvLSTMCell, x: Tensor, state: Any, weight: Tensor, bias: Tensor | None
-) -> tuple[Tensor, LSTMState]:
-    """:class:`~stpl.ConvLSTMCell`'s step as one convolution of ``cat[x, h]``."""
-    h, c = state[0], state[1]
-    gates = F.conv2d(torch.cat([x, h], dim=1), weight, bias, padding=cell.kernel_size // 2)
-    chunks = torch.split(gates, cell.hidden_channels, dim=1)
-    i, f, g, o = (chunks[k] for k in cell._index)
-    if cell.forget_bias != 0.0:
-        f = f + cell.forget_bias
-    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h_next = torch.sigmoid(o) * torch.tanh(c_next)
-    return h_next, LSTMState(h_next, c_next)
 
 
 def run_cells(
@@ -292,15 +276,11 @@ def run_cells(
     memory: Tensor | None = states[-1][2] if zigzag else None
     for layer, (cell, state) in enumerate(zip(cells, states, strict=True)):
         if zigzag and memory is not None:
-            state = (
-                state._replace(m=memory)
-                if hasattr(state, "_replace")
-                else (*state[:2], memory, *state[3:])
-            )
+            state = with_memory(state, memory)
         one = None if fused is None else fused[layer]
         if one is not None:
             assert isinstance(cell, ConvLSTMCell)
-            x, state = _fused_convlstm(cell, x, state, one[0], one[1])
+            x, state = cell.forward_fused(x, state, one[0], one[1])
         else:
             x, state = cell(x, state)
         if zigzag:

@@ -11,7 +11,13 @@ from torch import Tensor, nn
 
 from stpl._validation import check_choice, check_kernel_size, check_options, check_positive_int
 from stpl.cells._registry import CELLS, cell_options
-from stpl.cells._toolkit import Device, check_state, factory_kwargs, reset_module_parameters
+from stpl.cells._toolkit import (
+    Device,
+    check_state,
+    factory_kwargs,
+    reset_module_parameters,
+    with_memory,
+)
 from stpl.models._base import RecurrentPredictor, StepOutput
 from stpl.patching import PatchOrder, check_divisible, check_patch_order, patchify, unpatchify
 from stpl.training.losses import decoupling_term
@@ -39,13 +45,6 @@ def _takes_layer(factory: Callable[..., Any]) -> bool:
         or any(p.kind == p.VAR_POSITIONAL for p in params)
         or any(p.name == "layer" and p.kind == p.KEYWORD_ONLY for p in params)
     )
-
-
-def _with_memory(state: Any, memory: Tensor) -> Any:
-    """``state`` with its zigzag memory (field ``m``, third position) replaced."""
-    if hasattr(state, "_fields"):  # a NamedTuple (built positionally: older dynamo
-        return type(state)(*state[:2], memory, *state[3:])  # cannot trace _replace)
-    return (*state[:2], memory, *state[3:])
 
 
 class EncoderStackDecoder(RecurrentPredictor):
@@ -341,7 +340,7 @@ class EncoderStackDecoder(RecurrentPredictor):
                 if layer_state is None:
                     layer_state = cell.initial_state(inp)  # type: ignore[operator]
                 if memory is not None:
-                    layer_state = _with_memory(layer_state, memory)
+                    layer_state = with_memory(layer_state, memory)
             kwargs = {} if action is None else {"action": action}
             if self.adapter is not None:
                 out = cell.forward_with_increments(inp, layer_state, **kwargs)  # type: ignore[operator]

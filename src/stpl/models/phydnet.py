@@ -177,6 +177,7 @@ class PhyDNet(RecurrentPredictor):
                 self.convlstm_kernel_size,
                 bias=True,
                 gate_order="ifog",
+                fused=True,  # one convolution of cat[x, h]: the reference's summation
                 **factory,
             )
             for i, width in enumerate(widths)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
-from stpl.cells._toolkit import check_state
+from stpl.cells._toolkit import check_state, with_memory
 from stpl.cells.predrnn_pp import GradientHighwayUnit, HighwayState
 from stpl.models._base import StepOutput
 from stpl.models.encoder_stack_decoder import CellFactory, EncoderStackDecoder, LayerState
@@ -33,12 +33,6 @@ class PredRNNPlusPlusState(NamedTuple):
 
     layers: list[LayerState]
     highway: HighwayState
-
-
-def _with_memory(state: Any, memory: Tensor) -> Any:
-    if hasattr(state, "_replace"):
-        return state._replace(m=memory)
-    return (*state[:2], memory, *state[3:])
 
 
 class PredRNNPlusPlus(EncoderStackDecoder):
@@ -143,6 +137,14 @@ class PredRNNPlusPlus(EncoderStackDecoder):
             )
         return PredRNNPlusPlusState(layers, highway)
 
+    def initial_state(self, frames: Tensor) -> PredRNNPlusPlusState:  # type: ignore[override]
+        """The zero state: every layer's, and the gradient highway's ``z`` (what ``None`` means)."""
+        layers = super().initial_state(frames)
+        x = self._frame_to_step(self._example_frame(frames))
+        b, _, h, w = x.shape
+        z = x.new_zeros(b, self.hidden_channels[0], h, w)
+        return PredRNNPlusPlusState(layers, HighwayState(z))
+
     def _step_impl(
         self,
         x: Tensor,
@@ -168,7 +170,7 @@ class PredRNNPlusPlus(EncoderStackDecoder):
                 if layer_state is None:
                     layer_state = cell.initial_state(inp)  # type: ignore[operator]
                 if memory is not None:
-                    layer_state = _with_memory(layer_state, memory)
+                    layer_state = with_memory(layer_state, memory)
             h, new_state = cell(inp, layer_state, **kwargs)
             if self.zigzag:
                 memory = new_state[2]
