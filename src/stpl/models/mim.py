@@ -69,9 +69,12 @@ class MIM(EncoderStackDecoder):
     (``d = 0``), exactly as OpenSTL's ``MIM_Model`` (and the authors' TensorFlow code).
     Every layer has the same width.
 
-    The state (:class:`MIMState`) holds every layer's state and every MIM-N state, so
-    ``observe``/``forecast``/``generate``, chunked ``forward`` calls, activation
-    checkpointing and ``compile_step`` work as for every :class:`RecurrentPredictor`.
+    The state (:class:`MIMState`) holds every layer's state, every MIM-N state and a
+    per-sample ``started`` flag, so ``observe``/``forecast``/``generate``, chunked
+    ``forward`` calls, activation checkpointing and ``compile_step`` work as for every
+    :class:`RecurrentPredictor`. :meth:`initial_state` has the structure and shapes of
+    every later state (``started`` False: the step blends the reference's first step in
+    with ``torch.where``), so one step exports and CUDA-graph captures as one program.
 
     Difference from the reference, and the option that restores it: OpenSTL keeps each
     block's MIM-S cell on the module (``convlstm_c``), detached at every step and never
