@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.testing import assert_close
+from torch.utils._pytree import tree_flatten
 
 import stpl
+import stpl.export as sx
+from stpl.cells.e3d_lstm import _attend
 from stpl.interop import convert_state_dict, load_reference
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "model_openstl_e3dlstm.pt"
@@ -100,7 +103,7 @@ def plain_model(model, frames, context, *, layout, update, memory_length=None):
     z = steps.new_zeros(b, nh, tau, hh, ww)
     h, c = [z] * n, [z] * n
     keep = None if memory_length is None else memory_length - 1
-    hist: list[list[Tensor]] = [[z] * keep if keep else [] for _ in range(n)]
+    hist: list[list[Tensor]] = [[] for _ in range(n)]  # the earlier cell states
     inputs = [steps.new_zeros(b, cp, hh, ww)] * (tau - 1)
     memory = z
     preds, x_gen = [], None
@@ -157,8 +160,8 @@ def test_cell_matches_plain_over_three_steps(case):
     update = options.get("update_memory", True)
     keep = None if cell.memory_length is None else cell.memory_length - 1
     h, c, m = (rand(B, NH, tau, H, W, seed=s) for s in (2, 3, 4))
-    state = stpl.E3DLSTMState(h, c, m, cell.initial_state(rand(B, C_IN, tau, H, W)).history)
-    past = [torch.zeros_like(c)] * keep if keep else []
+    state = cell.initial_state(rand(B, C_IN, tau, H, W))._replace(h=h, c=c, m=m)
+    past: list[Tensor] = []  # with memory_length, the empty slots take no attention weight
     for step in range(3):
         x = rand(B, C_IN, tau, H, W, seed=10 + step)
         out, state = cell(x, state)
@@ -170,7 +173,58 @@ def test_cell_matches_plain_over_three_steps(case):
             past = past[len(past) - keep :] if keep else []
         h, c, m = want
     n_past = 3 if keep is None else keep
-    assert state.history.shape == (B, n_past * tau * H * W, NH)
+    assert state.recall.shape == (B, n_past * tau * H * W, NH)
+    if keep is None:
+        assert state.filled is None
+    else:
+        assert state.filled.shape == (B, keep) and bool(state.filled.all())
+
+
+def test_empty_recall_slots_take_no_weight():
+    """An empty slot (``filled`` False) is masked out, whatever it holds; a state without
+    ``filled`` counts every slot; the masked 16-bit CPU path agrees with the fused one."""
+    cell = build_cell({"memory_length": 3})
+    x = rand(B, C_IN, TAU, H, W)
+    start = cell.initial_state(x)._replace(c=rand(B, NH, TAU, H, W, seed=3))
+    garbage = start._replace(recall=rand(*start.recall.shape, seed=7))
+    one_filled = start.filled.clone()
+    one_filled[0, 1] = True  # sample 0: the newer slot holds a state
+    got, want = cell(x, garbage._replace(filled=start.filled)), cell(x, start)
+    assert_close((got[0], *got[1][:3]), (want[0], *want[1][:3]))
+    assert got[1].filled.tolist() == want[1].filled.tolist() == [[False, True]] * B
+    out, state = cell(x, garbage._replace(filled=one_filled))
+    assert_close(out[1], cell(x, start)[0][1])  # sample 1: both slots still empty
+    assert not torch.allclose(out[0], cell(x, start)[0][0])
+    assert state.filled.tolist() == [[True, True], [False, True]]
+    every = cell(x, garbage._replace(filled=torch.ones_like(start.filled)))
+    assert_close(cell(x, tuple(garbage[:4])), every)  # a 4-tuple: every slot filled
+    # the masked attention, written plainly, in the fused path and the bf16 CPU path
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 5, 3, generator=gen), torch.randn(2, 8, 3, generator=gen)
+    mask = torch.tensor([[False] * 4 + [True] * 4, [True] * 8])
+    scores = (q @ k.transpose(1, 2)).masked_fill(~mask[:, None], float("-inf"))
+    want = torch.softmax(scores, -1) @ k
+    assert_close(_attend(q, k, mask), want)
+    assert_close(_attend(q.bfloat16(), k.bfloat16(), mask).float(), want, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("layout", ["tokens", "reference"])
+def test_bounded_cell_equals_unbounded_while_the_steps_fit(layout):
+    """memory_length=L: the first L steps equal the unbounded recall, the next differ."""
+    options = {"recall_layout": layout}
+    unbounded = build_cell(options)
+    bounded = build_cell({**options, "memory_length": 3})
+    state_u = state_b = None
+    for step in range(4):
+        x = rand(B, C_IN, TAU, H, W, seed=20 + step)
+        out_u, state_u = unbounded(x, state_u)
+        out_b, state_b = bounded(x, state_b)
+        if step < 3:
+            assert_close(out_b, out_u, rtol=0, atol=1e-12, msg=f"step {step}")
+        else:
+            assert not torch.allclose(out_b, out_u)
+    assert state_u.recall.shape[1] == 4 * TAU * H * W  # grows: c_0 .. c_3
+    assert state_b.recall.shape[1] == 2 * TAU * H * W  # fixed: the last two
 
 
 def test_reference_memory_is_handed_on_unchanged():
@@ -189,12 +243,13 @@ def test_cell_gradcheck(case):
     tau, hh, ww = 2, 3, 3
     x = rand(1, 2, tau, hh, ww)
     h, c, m = (rand(1, 2, tau, hh, ww, seed=s) for s in (2, 3, 4))
-    history = rand(1, tau * hh * ww, 2, seed=5)  # one earlier cell state
-    inputs = tuple(t.requires_grad_() for t in (x, h, c, m, history))
+    recall = rand(1, tau * hh * ww, 2, seed=5)  # one earlier cell state
+    inputs = tuple(t.requires_grad_() for t in (x, h, c, m, recall))
 
-    def step(x, h, c, m, history):
-        out, state = cell(x, stpl.E3DLSTMState(h, c, m, history))
-        return (out, *state)
+    def step(x, h, c, m, recall):
+        out, state = cell(x, stpl.E3DLSTMState(h, c, m, recall))
+        assert state.filled is None
+        return (out, *state[:4])
 
     assert torch.autograd.gradcheck(step, inputs, fast_mode=True)
 
@@ -274,13 +329,23 @@ def test_cell_errors():
     state = cell.initial_state(x)
     with pytest.raises(ValueError, match=r"state\.c must be \(B, C, τ, H, W\) = \(2, 4, 2, 4, 5\)"):
         cell(x, state._replace(c=torch.zeros(B, NH, TAU, H + 1, W)))
-    with pytest.raises(ValueError, match=r"state\.history must be \(B, N \* τ \* H \* W, C\)"):
-        cell(x, state._replace(history=torch.zeros(B, 7, NH)))
+    with pytest.raises(ValueError, match=r"state\.recall must be \(B, N \* τ \* H \* W, C\)"):
+        cell(x, state._replace(recall=torch.zeros(B, 7, NH)))
+    with pytest.raises(TypeError, match=r"state\.recall must be a torch\.Tensor"):
+        cell(x, state._replace(recall=None))
     bounded = stpl.Eidetic3DLSTMCell(C_IN, NH, 3, memory_length=3)
     with pytest.raises(
         ValueError, match=r"\(B, \(memory_length - 1\) \* τ \* H \* W, C\) = \(2, 80, 4\)"
     ):
         bounded(x, state)
+    with pytest.raises(ValueError, match=r"state\.filled must be a bool tensor \(B, N\) = \(2, 2"):
+        bounded(x, bounded.initial_state(x)._replace(filled=torch.zeros(B, 3, dtype=torch.bool)))
+    with pytest.raises(ValueError, match=r"state\.filled must be a bool .* dtype torch\.float32"):
+        bounded(x, bounded.initial_state(x)._replace(filled=torch.zeros(B, 2)))
+    with pytest.raises(TypeError, match=r"state\.filled must be a torch\.Tensor or None"):
+        bounded(x, bounded.initial_state(x)._replace(filled=[True, False]))
+    with pytest.raises(ValueError, match=r"x must be \(B, C, τ, H, W\); got \(2, 3, 4, 5\)"):
+        bounded.initial_state(x[:, :, 0])
     with pytest.raises(ValueError, match=r"kernel_size must be .* 1 <= k_t <= window_length=2"):
         stpl.Eidetic3DLSTMCell(C_IN, NH, (3, 5, 5))
     with pytest.raises(ValueError, match="kernel_size must be a positive odd int"):
@@ -334,6 +399,64 @@ def test_model_matches_plain_rollout(options):
     assert isinstance(out.state, stpl.E3DState)
 
 
+@pytest.mark.parametrize("layout", ["tokens", "reference"])
+def test_bounded_model_equals_unbounded_while_the_steps_fit(layout):
+    """The model with memory_length=L predicts exactly what the reference-like unbounded
+    model predicts for the first L steps (float64 round-off), then forgets."""
+    unbounded = small_model(recall_layout=layout, num_layers=2)
+    bounded = small_model(recall_layout=layout, num_layers=2, memory_length=3)
+    frames = video(t=6)
+    want = unbounded(frames, context=2).predictions
+    got = bounded(frames, context=2).predictions
+    assert_close(got[:, :3], want[:, :3], rtol=0, atol=1e-12)
+    assert not torch.allclose(got[:, 3:], want[:, 3:])
+    # float32 too
+    got32 = bounded.float()(frames.float(), context=2).predictions
+    assert_close(got32[:, :3], unbounded.float()(frames.float(), context=2).predictions[:, :3])
+
+
+@pytest.mark.parametrize("memory_length", [None, 1, 3])
+def test_initial_state_is_what_none_means_and_keeps_its_shapes(memory_length):
+    model = small_model(num_layers=2, memory_length=memory_length)
+    frames = video(t=5)
+    start = model.initial_state(frames)
+    assert isinstance(start, stpl.E3DState)
+    out = model(frames, context=2, state=start)
+    assert torch.equal(out.predictions, model(frames, context=2).predictions)
+    leaves, spec = tree_flatten(start)
+    new_leaves, new_spec = tree_flatten(out.state)
+    if memory_length is None:  # the recall grows by one cell state per step
+        assert start.layers[0].recall.shape[1] == 0
+        assert out.state.layers[0].recall.shape[1] == 4 * (2 * 4 * 4)  # 4 steps of τ*h*w
+        return
+    assert new_spec == spec
+    assert [(t.shape, t.dtype) for t in new_leaves] == [(t.shape, t.dtype) for t in leaves]
+    assert not start.layers[0].filled.any() and out.state.layers[0].filled.all()
+
+
+def test_export_of_the_step_needs_a_bounded_memory():
+    """An unbounded recall grows: the exported step could not be fed its own state."""
+    frame = video(b=1, t=1)[:, 0].float()
+    model = small_model(num_layers=1).float().eval()
+    with pytest.raises(ValueError, match=r"state\.layers\[0\]\.recall changes .*memory_length"):
+        sx.export_observe_step(model, frame)
+    bounded = small_model(num_layers=1, memory_length=2).float().eval()
+    step = sx.export_observe_step(bounded, frame).module()
+    state = bounded.initial_state(frame)
+    frames = video(b=1, t=3).float()
+    for t in range(3):
+        pending, state = step(frames[:, t], state)
+    assert_close(pending, bounded.observe(frames).pending)
+
+
+def test_no_state_field_is_a_prefix_of_another():
+    """torch.export writes guards by replacing state paths in text: a field that is a
+    prefix of another (``h`` of ``history``) mangles the longer path."""
+    for state_type in (stpl.E3DLSTMState, stpl.E3DState):
+        fields = state_type._fields
+        assert not [(a, b) for a in fields for b in fields if a != b and b.startswith(a)]
+
+
 def test_reference_mode_memory_stays_zero():
     model = small_model(recall_layout="reference", update_memory=False)
     out = model(video(), context=3)
@@ -350,7 +473,7 @@ def test_model_chunks_with_bounded_memory():
     second = model(frames[:, 3:], state=first.state)
     assert_close(torch.cat([first.predictions, second.predictions], 1), full.predictions)
     # the state has a fixed size once memory_length is set
-    assert first.state.layers[0].history.shape == full.state.layers[0].history.shape
+    assert first.state.layers[0].recall.shape == full.state.layers[0].recall.shape
 
 
 def test_compile_step_fullgraph():
@@ -362,9 +485,12 @@ def test_compile_step_fullgraph():
     assert_close(model(frames, context=2).predictions, eager)
 
 
-def test_bfloat16_autocast_close_to_float32():
+@pytest.mark.parametrize("memory_length", [None, 3])
+def test_bfloat16_autocast_close_to_float32(memory_length):
     torch.manual_seed(0)
-    model = stpl.get_model("e3d_lstm", hidden_channels=8, num_layers=2, image_size=16)
+    model = stpl.get_model(
+        "e3d_lstm", hidden_channels=8, num_layers=2, image_size=16, memory_length=memory_length
+    )
     frames = torch.rand(2, 6, 1, 16, 16)
     ref = model(frames, context=3).predictions
     for layout in ("tokens", "reference"):

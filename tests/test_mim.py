@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.testing import assert_close
+from torch.utils._pytree import tree_flatten
 
 import _plain
 import stpl
+import stpl.export as sx
 from _plain import randomize_
 from stpl.interop import convert_state_dict, load_reference
 
@@ -329,7 +331,8 @@ def test_model_chunks_equal_one_call(mode):
 
 def test_compile_step_fullgraph():
     """One step compiles without graph break: the first step (no state), the second (MIM-N
-    states start), and the persistent start of a second call (``mimn=None``)."""
+    states start), the persistent start of a second call (``mimn=None``), and a first
+    step from ``initial_state`` (``started`` False)."""
     torch._dynamo.reset()
     model = small_mim(num_layers=3, stationary_state="persistent").float()
     frames = frames_for(model, t=4).float()
@@ -338,6 +341,109 @@ def test_compile_step_fullgraph():
     model.compile_step(backend="eager", fullgraph=True)
     compiled = [model(frames, context=2).predictions for _ in range(2)]
     assert_close(compiled, eager)
+    # from initial_state: the first step blends with torch.where, no graph break either
+    model.reset_stationary()
+    start = model.initial_state(frames)
+    assert_close(model(frames, context=2, state=start).predictions, eager[0])
+
+
+def _leaves(state):
+    leaves, spec = tree_flatten(state)
+    return spec, [(t.shape, t.dtype) for t in leaves]
+
+
+@pytest.mark.parametrize("mode", ["sequence", "persistent"])
+def test_initial_state_is_what_none_means_and_keeps_its_structure(mode):
+    """``initial_state`` has the structure and shapes of every later state (MIM-N states
+    of zeros, ``started`` False) and gives the same numbers as ``state=None``, bit for bit;
+    in persistent mode it holds the kept MIM-S cells, as ``state=None`` does."""
+    model = small_mim(num_layers=3, stationary_state=mode)
+    frames = frames_for(model, t=5)
+    model(frames_for(model, seed=4))  # persistent: keeps MIM-S cells
+    start = model.initial_state(frames)
+    assert isinstance(start, stpl.MIMState)
+    assert start.started.dtype == torch.bool and not start.started.any()
+    kept = model._stationary
+    want = model(frames, context=2).predictions  # persistent: from the kept cells
+    model._stationary = kept
+    out = model(frames, context=2, state=start)
+    assert torch.equal(out.predictions, want)
+    assert out.state.started.all()
+    assert _leaves(out.state) == _leaves(start)
+    if mode == "persistent":
+        assert all(torch.equal(a.s, b) for a, b in zip(start.layers[1:], kept, strict=True))
+    # the state of a frame (B, C, H, W) is the same
+    assert _leaves(model.initial_state(frames[:, 0])) == _leaves(start)
+
+
+def test_started_is_per_sample():
+    """A batch mixing a sequence that goes on and one that starts: each sample computes
+    what it computes alone (the first-step rule applies to the new one only)."""
+    model = small_mim(num_layers=3)
+    frames = frames_for(model, t=6)
+    going_on = model(frames[:, :3]).state
+    fresh = model.initial_state(frames)
+
+    def pick(state, i):
+        return stpl.MIMState(
+            [type(s)(*(t[i : i + 1] for t in s)) for s in state.layers],
+            [type(s)(*(t[i : i + 1] for t in s)) for s in state.mimn],
+            state.started[i : i + 1],
+        )
+
+    def cat(x, y):
+        return type(x)(*(torch.cat(t) for t in zip(x, y, strict=True)))
+
+    def join(a, b):
+        return stpl.MIMState(
+            [cat(x, y) for x, y in zip(a.layers, b.layers, strict=True)],
+            [cat(x, y) for x, y in zip(a.mimn, b.mimn, strict=True)],
+            torch.cat((a.started, b.started)),
+        )
+
+    mixed = join(pick(going_on, 0), pick(fresh, 1))
+    assert mixed.started.tolist() == [True, False]
+    got = model(frames[:, 2:], state=mixed).predictions
+    assert torch.equal(got[:1], model(frames[:1, 2:], state=pick(going_on, 0)).predictions)
+    assert torch.equal(got[1:], model(frames[1:, 2:]).predictions)
+
+
+def test_states_without_started_still_work():
+    """Older states: ``mimn=None`` starts every sequence, MIM-N states without ``started``
+    go on; both give what the new states give."""
+    model = small_mim(num_layers=3)
+    frames = frames_for(model, t=6)
+    start = model.initial_state(frames)
+    legacy_start = stpl.MIMState(start.layers, None)
+    assert torch.equal(
+        model(frames, state=legacy_start).predictions, model(frames, state=start).predictions
+    )
+    mid = model(frames[:, :3]).state
+    legacy_mid = (mid.layers, mid.mimn)  # a plain 2-tuple
+    assert torch.equal(
+        model(frames[:, 2:], state=legacy_mid).predictions,
+        model(frames[:, 2:], state=mid).predictions,
+    )
+
+
+def test_persistent_export_leaves_the_kept_cells_alone():
+    model = small_mim(num_layers=2, stationary_state="persistent").float().eval()
+    frames = frames_for(model, b=1, t=3).float()
+    model(frames)
+    kept = [t.clone() for t in model._stationary]
+    step = sx.export_observe_step(model, frames[:, 0]).module()
+    assert all(torch.equal(a, b) for a, b in zip(model._stationary, kept, strict=True))
+    state = model.initial_state(frames)
+    pending, state = step(frames[:, 0], state)
+    assert_close(pending, model.observe(frames[:, :1]).pending)
+
+
+def test_no_state_field_is_a_prefix_of_another():
+    """torch.export writes guards by replacing state paths in text: a field that is a
+    prefix of another would mangle the longer path."""
+    for state_type in (stpl.MIMState, stpl.MIMBlockState, stpl.LSTMState, stpl.STLSTMState):
+        fields = state_type._fields
+        assert not [(a, b) for a in fields for b in fields if a != b and b.startswith(a)]
 
 
 def test_checkpoint_steps_same_gradients():
@@ -374,8 +480,14 @@ def test_model_errors():
     model = small_mim(num_layers=3)
     frames = frames_for(model)
     out = model(frames)
-    with pytest.raises(ValueError, match=r"state must be a MIMState\(layers, mimn\)"):
+    with pytest.raises(ValueError, match=r"state must be a MIMState\(layers, mimn, started\)"):
         model(frames, state=list(out.state.layers))
+    with pytest.raises(ValueError, match=r"state\.started must be a bool tensor of shape \(B,\)"):
+        model(frames, state=out.state._replace(started=torch.ones(B)))
+    with pytest.raises(ValueError, match=r"state\.started must be .* got shape \(1,\)"):
+        model(frames, state=out.state._replace(started=out.state.started[:1]))
+    with pytest.raises(TypeError, match=r"state\.started must be a torch\.Tensor or None"):
+        model(frames, state=out.state._replace(started=True))
     with pytest.raises(ValueError, match=r"state\.layers must hold one state per layer \(3\)"):
         model(frames, state=stpl.MIMState(out.state.layers[:2], out.state.mimn))
     with pytest.raises(ValueError, match=r"state\.mimn must be None or hold one LSTMState"):

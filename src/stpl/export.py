@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map
 
 from stpl._validation import check_positive_int
 from stpl.models._base import RecurrentPredictor, StreamState
@@ -143,7 +143,33 @@ def export_observe_step(
     module = ObserveStep(model)
     if state is None:
         state = model.initial_state(frame)
+    _check_state_is_static(model, frame, state)
     return torch.export.export(module, (frame, _unaliased(state)), strict=strict)
+
+
+def _check_state_is_static(model: RecurrentPredictor, frame: Tensor, state: Any) -> None:
+    """Run one step eagerly: the state it hands over must have the structure, shapes and
+    dtypes of ``state``, or the exported step could not be fed its own output."""
+    if isinstance(state, StreamState):
+        state = state.state
+    with torch.no_grad():
+        out = model._step_impl(model._frame_to_step(frame), state, None)
+    leaves, spec = tree_flatten_with_path(state)
+    new_leaves, new_spec = tree_flatten_with_path(out.state)
+    if spec != new_spec:
+        raise ValueError(
+            f"{type(model).__name__}'s state after one step has another structure than the "
+            "state it came from: an exported step could not be fed its own state"
+        )
+    for (path, old), (_, new) in zip(leaves, new_leaves, strict=True):
+        if isinstance(old, Tensor) and (old.shape, old.dtype) != (new.shape, new.dtype):
+            raise ValueError(
+                f"state{keystr(path)} changes from {tuple(old.shape)} {old.dtype} to "
+                f"{tuple(new.shape)} {new.dtype} after one step: {type(model).__name__}'s "
+                "state changes from step to step, so an exported step could not be fed its "
+                "own state (a state that grows with time needs a bound, e.g. E3DLSTM's "
+                "memory_length)"
+            )
 
 
 def export_forecast(

@@ -42,15 +42,22 @@ class E3DLSTMState(NamedTuple):
         c: cell state, ``(B, C_hidden, τ, H, W)``.
         m: global (spatiotemporal) memory, ``(B, C_hidden, τ, H, W)``; a stack passes it
             zigzag.
-        history: the earlier cell states the recall gate attends to, as attention tokens
-            ``(B, N * τ * H * W, C_hidden)`` (N states, oldest first; N = 0 at the start
-            with ``memory_length=None``, N = ``memory_length - 1`` otherwise).
+        recall: the earlier cell states the recall gate attends to, as attention tokens
+            ``(B, N * τ * H * W, C_hidden)``: N slots of ``τ * H * W`` tokens, oldest
+            first. With ``memory_length=None`` N grows by one per step (0 at the start);
+            with ``memory_length=L`` there are always ``N = L - 1`` slots.
+        filled: ``(B, N)`` bool, which slots of ``recall`` hold a cell state (``None``: all
+            of them). With ``memory_length=L`` the initial state has ``L - 1`` empty
+            slots, which the recall masks out (they take no attention weight), so the
+            first ``L`` steps equal the unbounded cell's. ``None`` with
+            ``memory_length=None``, whose slots are always filled.
     """
 
     h: Tensor
     c: Tensor
     m: Tensor
-    history: Tensor
+    recall: Tensor
+    filled: Tensor | None = None
 
 
 def _check_kernel(kernel_size: object, window_length: int) -> tuple[int, int, int]:
@@ -76,20 +83,24 @@ def _check_kernel(kernel_size: object, window_length: int) -> tuple[int, int, in
     return (int(kernel[0]), int(kernel[1]), int(kernel[2]))  # type: ignore[call-overload]
 
 
-def _attend(query: Tensor, keys: Tensor) -> Tensor:
+def _attend(query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
     """``softmax(query keysᵀ) keys`` (no scaling): ``(B, L_q, C), (B, L_k, C) -> (B, L_q, C)``.
 
-    Fused attention (``F.scaled_dot_product_attention``), except for 16-bit inputs on the
-    CPU, where its kernel is slower than two batched matrix products around a softmax.
+    ``mask``: ``(B, L_k)`` bool, the keys that take part (``None``: all). Fused attention
+    (``F.scaled_dot_product_attention``), except for 16-bit inputs on the CPU, where its
+    kernel is slower than two batched matrix products around a softmax.
     """
     if query.device.type == "cpu" and (
         query.dtype in (torch.bfloat16, torch.float16) or autocast_enabled("cpu")
     ):
-        scores = torch.softmax(torch.bmm(query, keys.transpose(1, 2)), dim=-1)
-        return torch.bmm(scores, keys)
+        scores = torch.bmm(query, keys.transpose(1, 2))
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        return torch.bmm(torch.softmax(scores, dim=-1), keys)
     dtype = torch.promote_types(query.dtype, keys.dtype)
     q, k = query.to(dtype)[:, None], keys.to(dtype)[:, None]
-    return F.scaled_dot_product_attention(q, k, k, scale=1.0)[:, 0]
+    attn_mask = None if mask is None else mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, k, attn_mask=attn_mask, scale=1.0)[:, 0]
 
 
 class WindowLayerNorm(nn.Module):
@@ -232,7 +243,7 @@ class Eidetic3DLSTMCell(nn.Module):
         h' = tanh(W_1x1x1 * [c', m']) ⊙ σ(o)
 
     ``RECALL(r, K) = softmax(r Kᵀ) K``: attention (no 1/√d scaling) of the queries ``r``
-    over the cell states ``K`` of the earlier steps and the current one (the ``history``
+    over the cell states ``K`` of the earlier steps and the current one (the ``recall``
     of the state plus ``c``); ``recall_layout`` says how a map becomes tokens.
 
     Differences from the reference (OpenSTL ``Eidetic3DLSTMCell``), each with the option
@@ -246,10 +257,14 @@ class Eidetic3DLSTMCell(nn.Module):
       consecutive values of one channel's flattened map. Here a token is the C-vector of
       one position ``(t, y, x)`` (the paper's attention over positions);
       ``recall_layout="reference"`` reproduces the reference's reshape.
-    * The recall attends over every cell state since the sequence start, as the
-      reference (and its initial zero state); ``memory_length=L`` keeps only the last
-      ``L`` (earlier ones count as zeros), which bounds memory and time per step when
-      streaming (the reference has no such option).
+    * The recall attends over every cell state since the sequence start (the initial
+      zero state included), as the reference, so the state grows by one cell state per
+      step. ``memory_length=L`` keeps the last ``L`` (the current one included) in
+      ``L - 1`` fixed slots; slots not filled yet are masked out of the attention, so
+      the first ``L`` steps equal the unbounded recall and later steps forget the
+      oldest state. The state then has fixed shapes (one compiled graph, an exportable
+      and CUDA-graph capturable step, bounded memory and time per step when
+      streaming); the reference has no such option.
 
     Not registered in :data:`stpl.CELLS`: its inputs and states are windows
     ``(B, C, τ, H, W)``, not the ``(B, C, H, W)`` maps of the generic stack;
@@ -268,12 +283,12 @@ class Eidetic3DLSTMCell(nn.Module):
         forget_bias: constant added to the memory's forget gate (1.0 in the reference).
         update_memory: hand on ``m'`` (``True``) or the input memory (the reference).
         recall_layout: ``"tokens"`` or ``"reference"`` (see above).
-        memory_length: ``None`` (every earlier cell state) or the number of cell states
-            the recall reads, the current one included.
+        memory_length: ``None`` (every earlier cell state) or the most cell states the
+            recall reads, the current one included.
         device, dtype: where and in which dtype to create the parameters.
 
     Shapes: ``x: (B, C_in, τ, H, W)``; returns ``h': (B, C_hidden, τ, H, W)`` and
-    ``E3DLSTMState(h', c', m', history')``.
+    ``E3DLSTMState(h', c', m', recall', filled')``.
     """
 
     zigzag_memory = True
@@ -348,17 +363,26 @@ class Eidetic3DLSTMCell(nn.Module):
             raise ValueError(f"x must be a floating tensor; got dtype {x.dtype}")
         return x
 
-    def _history_tokens(self, x: Tensor) -> int:
-        """Tokens per cell state: ``τ * H * W``."""
+    def _slot_tokens(self, x: Tensor) -> int:
+        """Tokens per cell state (one slot of ``recall``): ``τ * H * W``."""
         return self.window_length * x.shape[-2] * x.shape[-1]
 
     def initial_state(self, x: Tensor) -> E3DLSTMState:
-        """Zero state for input ``x: (B, C_in, τ, H, W)`` (device and dtype of ``x``)."""
+        """Zero state for input ``x: (B, C_in, τ, H, W)`` (device and dtype of ``x``).
+
+        With ``memory_length=None`` the recall is empty and ``filled`` is ``None``; with
+        ``memory_length=L`` it has ``L - 1`` empty slots (zeros, ``filled`` all ``False``).
+        """
+        if not isinstance(x, Tensor) or x.dim() != 5:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be (B, C, τ, H, W); got {got}")
         b, _, tau, h, w = x.shape
         z = x.new_zeros((b, self.hidden_channels, tau, h, w))
-        past = 0 if self.memory_length is None else self.memory_length - 1
-        history = x.new_zeros((b, past * tau * h * w, self.hidden_channels))
-        return E3DLSTMState(z, z, z, history)
+        if self.memory_length is None:
+            return E3DLSTMState(z, z, z, x.new_zeros((b, 0, self.hidden_channels)), None)
+        slots = self.memory_length - 1
+        recall = x.new_zeros((b, slots * tau * h * w, self.hidden_channels))
+        return E3DLSTMState(z, z, z, recall, x.new_zeros((b, slots), dtype=torch.bool))
 
     def _check_window(self, name: str, t: object, x: Tensor) -> Tensor:
         if not isinstance(t, Tensor):
@@ -379,10 +403,10 @@ class Eidetic3DLSTMCell(nn.Module):
         if t.dtype != x.dtype and not autocast_enabled(x.device.type):
             raise ValueError(f"{name} has dtype {t.dtype}, but the input has dtype {x.dtype}")
 
-    def _check_history(self, t: object, x: Tensor, name: str = "state.history") -> Tensor:
+    def _check_recall(self, t: object, x: Tensor, name: str = "state.recall") -> Tensor:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-        per = self._history_tokens(x)
+        per = self._slot_tokens(x)
         b, nh = x.shape[0], self.hidden_channels
         if self.memory_length is None:
             ok = t.dim() == 3 and t.shape[0] == b and t.shape[2] == nh and t.shape[1] % per == 0
@@ -398,6 +422,23 @@ class Eidetic3DLSTMCell(nn.Module):
         self._check_like(name, t, x)
         return t
 
+    def _check_filled(
+        self, t: object, recall: Tensor, x: Tensor, name: str = "state.filled"
+    ) -> Tensor | None:
+        if t is None:
+            return None
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None; got {type(t).__name__}")
+        want = (x.shape[0], recall.shape[1] // self._slot_tokens(x))
+        if tuple(t.shape) != want or t.dtype != torch.bool:
+            raise ValueError(
+                f"{name} must be a bool tensor (B, N) = {want}, one entry per slot of the "
+                f"recall; got shape {tuple(t.shape)} and dtype {t.dtype}"
+            )
+        if t.device != x.device:
+            raise ValueError(f"{name} is on device {t.device}, but the input is on {x.device}")
+        return t
+
     def _tokens(self, t: Tensor) -> Tensor:
         """A ``(B, C, T, H, W)`` map -> attention tokens ``(B, T*H*W, C)``."""
         b, c = t.shape[:2]
@@ -405,36 +446,55 @@ class Eidetic3DLSTMCell(nn.Module):
             return t.reshape(b, -1, c)
         return t.flatten(2).transpose(1, 2).contiguous()
 
-    def _recall(self, r: Tensor, c: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
-        """``RECALL(r, [history, c])`` as a ``(B, C, T_r, H, W)`` map, and the new history."""
+    def _recall(
+        self, r: Tensor, c: Tensor, recall: Tensor, filled: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``RECALL(r, [recall, c])`` as a ``(B, C, T_r, H, W)`` map; the new ``recall`` and
+        ``filled`` (their last ``memory_length - 1`` slots with ``memory_length`` set)."""
         b, nh, tau, hh, ww = c.shape
+        per = self._slot_tokens(c)
+        slots = recall.shape[1] // per
         if self.recall_layout == "reference":
             r = r.expand(-1, -1, tau, -1, -1)
         query = self._tokens(r)
-        keys = torch.cat((history.to(c.dtype), self._tokens(c)), dim=1)
-        out = _attend(query, keys)
+        keys = torch.cat((recall.to(c.dtype), self._tokens(c)), dim=1)
+        mask = None
+        if filled is not None:
+            filled = torch.cat((filled, filled.new_ones((b, 1))), dim=1)
+            if slots > 0:  # empty slots take no attention weight
+                mask = filled[:, :, None].expand(b, slots + 1, per).reshape(b, -1)
+        out = _attend(query, keys, mask)
         if self.recall_layout == "reference":
-            recall = out.reshape(b, nh, tau, hh, ww)
+            out = out.reshape(b, nh, tau, hh, ww)
         else:
-            recall = out.transpose(1, 2).reshape(b, nh, r.shape[2], hh, ww)
+            out = out.transpose(1, 2).reshape(b, nh, r.shape[2], hh, ww)
         if self.memory_length is not None:
-            keys = keys[:, self._history_tokens(c) :]
-        return recall, keys
+            keys = keys[:, per:]
+            if filled is None:  # a state without ``filled``: every slot counts
+                filled = keys.new_ones((b, slots), dtype=torch.bool)
+            else:
+                filled = filled[:, 1:]
+        return out, keys, filled
 
     def forward(self, x: Tensor, state: E3DLSTMState | None = None) -> tuple[Tensor, E3DLSTMState]:
         """One step: ``x: (B, C_in, τ, H, W)``, ``state`` or ``None`` (zeros).
 
-        Returns ``(h', E3DLSTMState(h', c', m', history'))``.
+        A plain tuple ``(h, c, m, recall)`` is read with ``filled=None``.
+
+        Returns ``(h', E3DLSTMState(h', c', m', recall', filled'))``.
         """
         x = self._check_input(x)
         if state is None:
             state = self.initial_state(x)
+        elif isinstance(state, (tuple, list)) and not hasattr(state, "_fields") and len(state) == 4:
+            state = E3DLSTMState(*state)
         else:
             state = check_state("state", state, E3DLSTMState)
         h = self._check_window("state.h", state[0], x)
         c = self._check_window("state.c", state[1], x)
         m = self._check_window("state.m", state[2], x)
-        history = self._check_history(state[3], x)
+        recall = self._check_recall(state[3], x)
+        filled = self._check_filled(state[4], recall, x)
         nh = self.hidden_channels
         shape = c.shape
 
@@ -443,8 +503,8 @@ class Eidetic3DLSTMCell(nn.Module):
         i = torch.sigmoid(i_x + i_h)
         r = torch.sigmoid(r_x + r_h)
         g = torch.tanh(g_x + g_h)
-        recall, history = self._recall(r, c, history)
-        c_next = self.norm_c(c + recall) + i * g
+        recalled, recall, filled = self._recall(r, c, recall, filled)
+        c_next = self.norm_c(c + recalled) + i * g
 
         i_m, f_m, g_m, m_m = split_gates(self.conv_gm(m), nh)
         m_next = torch.sigmoid(tf_x + f_m + self.forget_bias) * torch.tanh(m_m) + torch.sigmoid(
@@ -458,7 +518,7 @@ class Eidetic3DLSTMCell(nn.Module):
         mixed = F.conv2d(mem.reshape(b, 2 * nh, tau * hh, ww), self.conv_last.weight[:, :, 0])
         h_next = torch.tanh(mixed.reshape(shape)) * torch.sigmoid(o)
         m_out = m_next if self.update_memory else m
-        return h_next, E3DLSTMState(h_next, c_next, m_out, history)
+        return h_next, E3DLSTMState(h_next, c_next, m_out, recall, filled)
 
     def extra_repr(self) -> str:
         return (

@@ -49,10 +49,16 @@ class E3DLSTM(EncoderStackDecoder):
     The state (:class:`E3DState`) holds the input window, every layer's windows and the
     cell states the recall gate reads, so ``observe``/``forecast``/``generate``, chunked
     ``forward`` calls, activation checkpointing and ``compile_step`` work as for every
-    :class:`RecurrentPredictor`. With ``memory_length=None`` (the reference) the recall
-    reads every earlier cell state of the sequence, so the state grows by one cell state
-    per step and each step costs more than the last; ``memory_length=L`` keeps it fixed
-    (static shapes: one compiled graph for every step).
+    :class:`RecurrentPredictor`. With ``memory_length=None`` (the reference, the preset's
+    default) the recall reads every earlier cell state of the sequence, so the state grows
+    by one cell state per step and each step costs more than the last. ``memory_length=L``
+    keeps the last ``L`` cell states in fixed slots, empty ones masked out of the recall:
+    the first ``L`` steps of a sequence equal the unbounded model's, and the state keeps
+    its shapes from :meth:`initial_state` on (one compiled graph for every step). A step
+    that is exported (``stpl.export.export_observe_step``) or captured in a CUDA graph
+    must hand over a state of fixed shape, so it needs ``memory_length`` (the preset's
+    ``small`` configuration sets 4); ``export_observe_step`` of an unbounded model raises
+    ``ValueError``. Forecasts and rollouts of a fixed length export either way.
 
     Differences from the reference, with the options that restore it (the cell's
     docstring and ``docs/cells/e3d_lstm.md`` explain them): ``update_memory=False`` (the
@@ -75,8 +81,9 @@ class E3DLSTM(EncoderStackDecoder):
         forget_bias: added to the memory's forget gate (1.0 in the reference).
         update_memory: ``True`` (the paper) or ``False`` (the reference).
         recall_layout: ``"tokens"`` (the paper) or ``"reference"``.
-        memory_length: ``None`` (every earlier cell state, the reference) or how many cell
-            states the recall reads.
+        memory_length: ``None`` (every earlier cell state, the reference) or the most cell
+            states the recall reads (the current one included); needed for a fixed-size
+            state (export, CUDA graphs, long streams).
         patch_order: channel order inside a patch (``"predrnn"``: OpenSTL's).
         checkpoint_steps: recompute each time step in backward.
         device, dtype: where and in which dtype to create the parameters.
@@ -149,6 +156,25 @@ class E3DLSTM(EncoderStackDecoder):
         )
 
     # ------------------------------------------------------------------ state
+    def initial_state(self, frames: Tensor) -> E3DState:  # type: ignore[override]
+        """The state before any frame (what ``state=None`` means), built like ``frames``.
+
+        Args:
+            frames: ``(B, C, H, W)`` or ``(B, T, C, H, W)``; only their batch size, frame
+                size, dtype and device are used.
+
+        Returns:
+            An :class:`E3DState`: zero input window and each cell's
+            :meth:`~stpl.cells.Eidetic3DLSTMCell.initial_state` (with ``memory_length=L``,
+            ``L - 1`` empty recall slots: every later state has the same shapes).
+        """
+        x = self._frame_to_step(self._example_frame(frames))
+        b, cp, hh, ww = x.shape
+        past = x.new_zeros((b, cp, self.window_length - 1, hh, ww))
+        window = x.new_zeros((b, cp, self.window_length, hh, ww))
+        layers = [cell.initial_state(window) for cell in self.cells]  # type: ignore[operator]
+        return E3DState(past, layers)
+
     def _check_state(self, state: Any, frames: Tensor) -> Any:
         if not isinstance(state, E3DState):
             if isinstance(state, tuple) and not hasattr(state, "_fields") and len(state) == 2:
@@ -178,12 +204,16 @@ class E3DLSTM(EncoderStackDecoder):
         checked: list[E3DLSTMState] = []
         for layer, (layer_state, cell) in enumerate(zip(layers, self.cells, strict=True)):
             name = f"state.layers[{layer}]"
+            plain = isinstance(layer_state, (tuple, list)) and not hasattr(layer_state, "_fields")
+            if plain and len(layer_state) == 4:  # a state without ``filled``
+                layer_state = E3DLSTMState(*layer_state)
             layer_state = check_state(name, layer_state, E3DLSTMState)
             assert isinstance(cell, Eidetic3DLSTMCell)
             like = frames.new_empty((b, cell.in_channels, tau, h // p, w // p))
             for field, t in zip(E3DLSTMState._fields[:3], layer_state[:3], strict=True):
                 cell._check_window(f"{name}.{field}", t, like)
-            cell._check_history(layer_state.history, like, f"{name}.history")
+            recall = cell._check_recall(layer_state.recall, like, f"{name}.recall")
+            cell._check_filled(layer_state.filled, recall, like, f"{name}.filled")
             checked.append(layer_state)
         return E3DState(past, checked)
 
@@ -249,7 +279,7 @@ register_preset(
     "e3d_lstm",
     build_e3d_lstm,
     {"in_channels": 1, "hidden_channels": 64, "num_layers": 4, "patch_size": 4, "kernel_size": 5},
-    small={"hidden_channels": 8, "num_layers": 2, "image_size": 16},
+    small={"hidden_channels": 8, "num_layers": 2, "image_size": 16, "memory_length": 4},
     description=(
         "E3D-LSTM (ICLR 2019) in OpenSTL's E3DLSTM_Model layout: window 2, (2, 5, 5) kernels, "
         "3D decoder; global memory updated and recall over positions (the paper)"

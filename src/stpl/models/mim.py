@@ -27,20 +27,29 @@ also carried from one call to the next and detached at every step like OpenSTL
 
 
 class MIMState(NamedTuple):
-    """The recurrent state of :class:`MIM` after a step.
+    """The recurrent state of :class:`MIM` (``h, w`` = the patch grid ``H/p, W/p``).
 
     Attributes:
         layers: one state per layer: ``STLSTMState(h, c, m)`` for layer 0, then
             ``MIMBlockState(h, c, m, s)``; ``m`` is the zigzag memory (the top layer's is
-            what layer 0 reads next).
+            what layer 0 reads next). Every tensor ``(B, C_hidden, h, w)``.
         mimn: the MIM-N modules' ``LSTMState(h, c)``, one per block (module ``l-1`` feeds
-            layer ``l``); ``None`` means "no frame read yet": the next step is the first
-            of a sequence (no hidden-state difference exists, MIM-N does not run and the
-            blocks read zero differences), as in the reference.
+            layer ``l``), zeros before the second frame of a sequence.
+        started: ``(B,)`` bool, whether each sequence has read a frame. Where it is
+            ``False`` the next step is the first of that sequence: no hidden-state
+            difference exists yet, so the blocks read zero differences and the MIM-N
+            states stay zero (the reference's first step). Every step returns ``True``;
+            :meth:`MIM.initial_state` gives ``False``. The state keeps one structure and
+            shape at every step, so a step exports and captures as one program.
+
+    For states made before ``started`` existed: ``started=None`` with ``mimn=None`` means
+    "no frame read yet" for the whole batch, and ``started=None`` with MIM-N states means
+    every sequence has started.
     """
 
     layers: list[Any]
     mimn: list[LSTMState] | None
+    started: Tensor | None = None
 
 
 class MIM(EncoderStackDecoder):
@@ -60,9 +69,12 @@ class MIM(EncoderStackDecoder):
     (``d = 0``), exactly as OpenSTL's ``MIM_Model`` (and the authors' TensorFlow code).
     Every layer has the same width.
 
-    The state (:class:`MIMState`) holds every layer's state and every MIM-N state, so
-    ``observe``/``forecast``/``generate``, chunked ``forward`` calls, activation
-    checkpointing and ``compile_step`` work as for every :class:`RecurrentPredictor`.
+    The state (:class:`MIMState`) holds every layer's state, every MIM-N state and a
+    per-sample ``started`` flag, so ``observe``/``forecast``/``generate``, chunked
+    ``forward`` calls, activation checkpointing and ``compile_step`` work as for every
+    :class:`RecurrentPredictor`. :meth:`initial_state` has the structure and shapes of
+    every later state (``started`` False: the step blends the reference's first step in
+    with ``torch.where``), so one step exports and CUDA-graph captures as one program.
 
     Difference from the reference, and the option that restores it: OpenSTL keeps each
     block's MIM-S cell on the module (``convlstm_c``), detached at every step and never
@@ -159,6 +171,8 @@ class MIM(EncoderStackDecoder):
         self._stationary = None
 
     def _remember(self, state: Any) -> None:
+        if torch.compiler.is_exporting():  # an exported program keeps no module state
+            return
         if self.stationary_state == "persistent" and isinstance(state, MIMState):
             self._stationary = [layer.s.detach() for layer in state.layers[1:]]
 
@@ -224,16 +238,38 @@ class MIM(EncoderStackDecoder):
         return gen
 
     # ------------------------------------------------------------------ state
+    def initial_state(self, frames: Tensor) -> MIMState:  # type: ignore[override]
+        """The state before any frame (what ``state=None`` means), built like ``frames``.
+
+        Args:
+            frames: ``(B, C, H, W)`` or ``(B, T, C, H, W)``; only their batch size, frame
+                size, dtype and device are used.
+
+        Returns:
+            A :class:`MIMState` of zeros with ``started`` all ``False``: passed as
+            ``state=``, the first step is the reference's first step (the same numbers as
+            ``state=None``), and every later state has the same structure and shapes.
+            With ``stationary_state="persistent"`` the blocks' ``s`` are the MIM-S cells
+            the model keeps (what ``state=None`` starts from).
+        """
+        frame = self._example_frame(frames)
+        kept = self._fresh_state(frame.unsqueeze(1))
+        layers = list(kept.layers) if kept is not None else list(super().initial_state(frame))
+        zero = layers[0][0]  # layer 0's zero h
+        mimn = [LSTMState(zero, zero) for _ in range(self.num_layers - 1)]
+        started = frame.new_zeros((frame.shape[0],), dtype=torch.bool)
+        return MIMState(layers, mimn, started)
+
     def _check_state(self, state: Any, frames: Tensor) -> Any:
         if not isinstance(state, MIMState):
-            if isinstance(state, tuple) and not hasattr(state, "_fields") and len(state) == 2:
+            if isinstance(state, tuple) and not hasattr(state, "_fields") and len(state) in (2, 3):
                 state = MIMState(*state)
             else:
                 raise ValueError(
-                    f"state must be a MIMState(layers, mimn) (the state of a MIM call); "
-                    f"got {type(state).__name__}"
+                    f"state must be a MIMState(layers, mimn, started) (the state of a MIM call "
+                    f"or model.initial_state(frames)); got {type(state).__name__}"
                 )
-        layers, mimn = state
+        layers, mimn, started = state
         if not isinstance(layers, (list, tuple)) or len(layers) != self.num_layers:
             got = len(layers) if isinstance(layers, (list, tuple)) else type(layers).__name__
             raise ValueError(
@@ -265,33 +301,64 @@ class MIM(EncoderStackDecoder):
                 for field, t in zip(LSTMState._fields, n_state, strict=True):
                     check_state_map(f"state.mimn[{j}].{field}", t, like, nh)
                 checked_mimn.append(n_state)
-        return MIMState(checked, checked_mimn)
+        if started is not None:
+            if not isinstance(started, Tensor):
+                raise TypeError(
+                    f"state.started must be a torch.Tensor or None; got {type(started).__name__}"
+                )
+            if tuple(started.shape) != (b,) or started.dtype != torch.bool:
+                raise ValueError(
+                    f"state.started must be a bool tensor of shape (B,) = ({b},); got shape "
+                    f"{tuple(started.shape)} and dtype {started.dtype}"
+                )
+            if started.device != frames.device:
+                raise ValueError(
+                    f"state.started is on device {started.device}, but the frames are on "
+                    f"{frames.device}"
+                )
+        return MIMState(checked, checked_mimn, started)
 
     # ------------------------------------------------------------------ one step
     def _step_impl(self, x: Tensor, state: Any, action: Tensor | None) -> StepOutput:
-        """One step on a patch tensor ``x: (B, p*p*C, h, w)``; ``state``: a :class:`MIMState`."""
+        """One step on a patch tensor ``x: (B, p*p*C, h, w)``; ``state``: a :class:`MIMState`.
+
+        ``state=None`` (or ``mimn=None``) is a first step for the whole batch: MIM-N does
+        not run. Otherwise MIM-N runs, and where ``started`` is ``False`` its output and
+        state are replaced by zeros (``torch.where``: the same numbers as the first step).
+        """
         layer0 = cast(STLSTMCell, self.cells[0])
         blocks: list[Any] = [None] * (self.num_layers - 1)
-        mimn: list[LSTMState] | None = None  # None: the first step of a sequence
+        mimn: list[LSTMState] | None = None  # None: the first step of every sequence
+        started: Tensor | None = None
         if state is None:
             s0 = layer0.initial_state(x)
         else:
             s0 = state.layers[0]._replace(m=state.layers[-1].m)  # zigzag from the top
             blocks, mimn = list(state.layers[1:]), state.mimn
+            started = state.started
         h, new0 = layer0(x, s0)
         new_layers: list[Any] = [new0]
         new_mimn: list[LSTMState] = []
         memory = new0.m
+        # where a sequence has not started, MIM-N's output and state are zeros
+        keep = None if mimn is None or started is None else started[:, None, None, None]
+        zero = x.new_zeros(())
+
+        def first_step_zeros(t: Tensor) -> Tensor:
+            return t if keep is None else torch.where(keep, t, zero.to(t.dtype))
+
         # MIM-N's input: the difference of layer 0's hidden states, then each MIM-N's output
         diff = None if mimn is None else h - s0.h
         inp = h
         for layer in range(1, self.num_layers):
             block = cast(MIMBlock, self.cells[layer])
             if mimn is None or diff is None:  # no difference yet: MIM-N waits, d = 0
-                zero = torch.zeros_like(memory)
-                new_mimn.append(LSTMState(zero, zero))
+                zeros = torch.zeros_like(memory)
+                new_mimn.append(LSTMState(zeros, zeros))
             else:
                 diff, n_state = self.mimn[layer - 1](diff, mimn[layer - 1])
+                diff = first_step_zeros(diff)
+                n_state = LSTMState(first_step_zeros(n_state.h), first_step_zeros(n_state.c))
                 new_mimn.append(n_state)
             block_state = blocks[layer - 1]
             if block_state is None:
@@ -299,7 +366,9 @@ class MIM(EncoderStackDecoder):
             inp, new_block = block(inp, block_state._replace(m=memory), diff)
             memory = new_block.m
             new_layers.append(new_block)
-        return StepOutput(self.decoder(inp), MIMState(new_layers, new_mimn), None)
+        now_started = x.new_ones((x.shape[0],), dtype=torch.bool)
+        new_state = MIMState(new_layers, new_mimn, now_started)
+        return StepOutput(self.decoder(inp), new_state, None)
 
     def extra_repr(self) -> str:
         return (
