@@ -56,8 +56,9 @@ CELLS = ("convlstm", "stlstm", "modernn", "dcb")
 DTYPES = ("float32", "bfloat16")
 NO_LAYOUT_OPT = ("modernn",)
 """Presets also compiled without inductor's channels_last layout optimization (see the doc)."""
-TWINS = ("mau", "phydnet")
-"""Presets timed against their reference model by benchmarks/twin_openstl_mau_phydnet.py."""
+TWINS = ("mau", "phydnet", "swinlstm", "swinlstm_b", "mspred")
+"""Presets timed against their reference model by ``benchmarks/twin_*.py`` (same weights,
+taking turns; the reference code comes from a local checkout, never from this repository)."""
 
 
 def _runs() -> dict[str, list[tuple[str, list[str]]]]:
@@ -69,6 +70,8 @@ def _runs() -> dict[str, list[tuple[str, list[str]]]]:
         "checkpoint": [],
         "rollout": [],
         "layout": [],
+        "stream": [],
+        "kernels": [],
     }
     for name in PRESETS:
         for dtype in DTYPES:
@@ -84,6 +87,16 @@ def _runs() -> dict[str, list[tuple[str, list[str]]]]:
                 )
             roll = ["--model", name, "--mode", "rollout", "--dtype", dtype]
             groups["rollout"].append((f"rollout-{name}-{dtype}", roll))
+            stream = ["--model", name, "--mode", "stream", "--dtype", dtype]
+            groups["stream"].append((f"stream-{name}-{dtype}", stream))
+        kernels = ["--model", name, "--mode", "kernels", "--batch", "2"]
+        groups["kernels"].append((f"kernels-{name}", kernels))
+        groups["kernels"].append(
+            (
+                f"kernels-{name}-nolayout",
+                [*kernels, "--inductor-option", "layout_optimization=false"],
+            )
+        )
     for cell in CELLS:
         for dtype in DTYPES:
             args = ["--cell", cell, "--mode", "train", "--dtype", dtype]
@@ -125,7 +138,12 @@ def run_one(run_id: str, args: list[str], *, repeats: int, threads: int, timeout
     result["loadavg_after"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{run_id}.json").write_text(json.dumps(result, indent=1))
-    status = "error" if "error" in result else f"{result['step']['median_s']:.3f} s/step"
+    if "error" in result:
+        status = "error"
+    elif "step" in result:
+        status = f"{result['step']['median_s']:.3f} s/step"
+    else:
+        status = "done"
     print(f"[{result['wall_s']:7.1f} s] {run_id}: {status}", flush=True)
 
 
@@ -320,7 +338,8 @@ def render() -> str:
     if twins:
         out += [
             "### Against the reference models, same weights, taking turns "
-            "(`benchmarks/twin_openstl_mau_phydnet.py`)",
+            "(`benchmarks/twin_openstl_mau_phydnet.py`, `twin_openstl_swinlstm.py`, "
+            "`twin_mspred.py`)",
             "",
             "| preset | reference | step | dtype | size | ours ms | reference ms "
             "| reference / ours | max abs diff |",
@@ -328,6 +347,56 @@ def render() -> str:
             *twins,
             "",
         ]
+    stream_rows = []
+    for name in PRESETS:
+        for dtype in DTYPES:
+            r = _load(f"stream-{name}-{dtype}")
+            if r is None or "error" in r:
+                state = "not run" if r is None else "failed"
+                stream_rows.append(f"| {name} | {dtype} | {state} | | | | | | |")
+                continue
+            v = r["variants"]
+            cells = []
+            for what in ("per_observed_frame_s", "per_forecast_frame_s"):
+                cells += [_ms(v[k][what]) for k in ("eager", "compiled", "exported")]
+            stream_rows.append(
+                f"| {name} | {dtype} | " + " | ".join(cells) + f" | {r['horizon']} |"
+            )
+    out += [
+        "### Streaming latency: batch 1, per observed frame and per forecast frame "
+        "(`stpl-bench --mode stream`)",
+        "",
+        "| preset | dtype | observe eager ms | observe compile_step ms | observe exported ms "
+        "| forecast eager ms/frame | forecast compile_step ms/frame "
+        "| forecast exported ms/frame | horizon |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *stream_rows,
+        "",
+    ]
+    kernel_rows = []
+    for name in PRESETS:
+        cells = []
+        for suffix in ("", "-nolayout"):
+            r = _load(f"kernels-{name}{suffix}")
+            for mode in ("inference", "training"):
+                if r is None or "error" in r:
+                    cells.append("not run" if r is None else "failed")
+                    continue
+                k = r["kernels_per_step"][mode]
+                cells.append(f"{k['eager']} / {k['compiled']} ({k['ratio']:.2f})")
+        kernel_rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += [
+        "### Kernel launches per recurrent step (`stpl-bench --mode kernels`, B=2)",
+        "",
+        "eager / compile_step (compiled / eager); compile_step with inductor's default "
+        "options and with `layout_optimization=false`.",
+        "",
+        "| preset | inference, default | training, default | inference, no layout opt. "
+        "| training, no layout opt. |",
+        "|---|---|---|---|---|",
+        *kernel_rows,
+        "",
+    ]
     for path in sorted(RESULTS.glob("twins-*.json")):
         twin_file = json.loads(path.read_text())
         cfg = twin_file["config"]
@@ -393,16 +462,29 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     p.add_argument("--skip-existing", action="store_true", help="keep saved results")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="configurations run at once (each its own process)"
+    )
     args = p.parse_args()
     if not args.render_only:
-        for group in args.groups:
-            for run_id, argv in groups[group]:
-                if args.only and run_id not in args.only:
-                    continue
-                if args.skip_existing and (RESULTS / f"{run_id}.json").exists():
-                    continue
-                run_one(
-                    run_id, argv, repeats=args.repeats, threads=args.threads, timeout=args.timeout
+        todo = [
+            (run_id, argv)
+            for group in args.groups
+            for run_id, argv in groups[group]
+            if not (args.only and run_id not in args.only)
+            and not (args.skip_existing and (RESULTS / f"{run_id}.json").exists())
+        ]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for run_id, argv in todo:
+                pool.submit(
+                    run_one,
+                    run_id,
+                    argv,
+                    repeats=args.repeats,
+                    threads=args.threads,
+                    timeout=args.timeout,
                 )
     write_doc()
     return 0
