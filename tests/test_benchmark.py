@@ -210,3 +210,25 @@ def test_count_aten_kernels_counts_work_not_views():
     assert count_aten_kernels(lambda: x.view(16).unsqueeze(0).expand(3, 16)) == 0
     assert count_aten_kernels(lambda: torch.sigmoid(x) * 2 + x) == 3
     assert count_aten_kernels(lambda: torch.cat([x, x]).split(2)) == 1
+
+
+def test_stream_overrides_bound_e3d_recall_without_changing_its_forecast():
+    import stpl
+    from stpl.benchmark._stream import stream_overrides
+
+    config = BenchConfig(model="e3d_lstm", mode="stream", frames=6, image_size=16)
+    assert stream_overrides(config) == {"memory_length": 6}
+    assert stream_overrides(BenchConfig(model="predrnn", mode="stream")) == {}
+    models = []
+    for extra in ({}, stream_overrides(config)):
+        torch.manual_seed(0)
+        model = stpl.get_model("e3d_lstm", hidden_channels=4, num_layers=2, image_size=16, **extra)
+        models.append(model.eval())
+    frames = torch.rand(1, 6, 1, 16, 16)
+    with torch.no_grad():
+        # 3 observed + 3 forecast frames: a bound of T = 6 slots keeps every cell state
+        unbounded, bounded = (m.observe(frames[:, :3]) for m in models)
+        expected = models[0].forecast(unbounded, 3)
+        got = models[1].forecast(bounded, 3)
+    assert got.shape == (1, 3, 1, 16, 16)
+    torch.testing.assert_close(got, expected)

@@ -62,7 +62,7 @@ from stpl.models import (
 from stpl.patching import PatchOrder, patchify, unpatchify
 from stpl.registry import PRESETS, get_model, list_models
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CELLS",

@@ -19,7 +19,20 @@ from stpl.benchmark._measure import first_call_seconds, machine_info, time_inter
 from stpl.benchmark._workload import build_module, compile_kwargs, make_inputs
 from stpl.models import RecurrentPredictor
 
-__all__ = ["format_stream_result", "run_stream_benchmark"]
+__all__ = ["format_stream_result", "run_stream_benchmark", "stream_overrides"]
+
+
+def stream_overrides(config: BenchConfig) -> dict[str, Any]:
+    """Preset options the stream benchmark sets so that every variant can run.
+
+    An exported step is fed its own state, so the state must keep one shape. E3D-LSTM's
+    unbounded recall grows by one cell state per step; a bound of ``T`` slots keeps every
+    cell state of the run, so the model computes exactly what the unbounded one computes
+    over these frames (its masked empty slots take no attention weight).
+    """
+    if config.model == "e3d_lstm":
+        return {"memory_length": config.frames}
+    return {}
 
 
 def run_stream_benchmark(config: BenchConfig) -> dict[str, Any]:
@@ -40,7 +53,8 @@ def run_stream_benchmark(config: BenchConfig) -> dict[str, Any]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
-    model = build_module(config).eval().to(dtype)
+    overrides = stream_overrides(config)
+    model = build_module(config, **overrides).eval().to(dtype)
     assert isinstance(model, RecurrentPredictor)
     frames = make_inputs(config, batch=1).to(device=device, dtype=dtype)
     context = min(config.resolved_context, config.frames - 1)
@@ -98,6 +112,7 @@ def run_stream_benchmark(config: BenchConfig) -> dict[str, Any]:
         "machine": machine_info(device),
         "horizon": horizon,
         "context": context,
+        "preset_overrides": overrides,
         "variants": variants,
         "speedup": speedup,
     }

@@ -68,11 +68,14 @@ def autocast_context(config: BenchConfig) -> contextlib.AbstractContextManager[A
     return contextlib.nullcontext()
 
 
-def build_module(config: BenchConfig) -> nn.Module:
-    """Build the preset or the cell stack of ``config`` (float32 parameters, on the device)."""
+def build_module(config: BenchConfig, **preset_overrides: Any) -> nn.Module:
+    """Build the preset or the cell stack of ``config`` (float32 parameters, on the device).
+
+    ``preset_overrides`` go to :func:`stpl.get_model` on top of the ones ``config`` sets.
+    """
     torch.manual_seed(config.seed)
     if config.model is not None:
-        overrides: dict[str, Any] = {"image_size": config.image_size}
+        overrides: dict[str, Any] = {"image_size": config.image_size, **preset_overrides}
         for key, value in (
             ("hidden_channels", config.hidden),
             ("num_layers", config.layers),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stpl._validation import check_real
 from stpl.cells._state import LSTMState
 from stpl.cells._toolkit import (
     Device,
@@ -110,7 +111,7 @@ class ConvLSTMCell(nn.Module):
         self.kernel_size = check_kernel_size("kernel_size", kernel_size)
         self.norm = check_norm(norm)
         self.spatial_size = check_spatial_size(spatial_size)
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = check_real("forget_bias", forget_bias)
         self.gate_order = _check_gate_order(gate_order)
         self.peephole = bool(peephole)
         self.fused = bool(fused)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stpl._validation import check_bool, check_choice, check_int
+from stpl._validation import check_bool, check_choice, check_int, check_real
 from stpl.cells._toolkit import (
     Device,
     Norm,
@@ -320,7 +320,7 @@ class Eidetic3DLSTMCell(nn.Module):
         self.kernel_size = _check_kernel(kernel_size, self.window_length)
         self.norm = check_norm(norm)
         self.spatial_size = check_spatial_size(spatial_size)
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = check_real("forget_bias", forget_bias)
         self.update_memory = check_bool("update_memory", update_memory)
         self.recall_layout: RecallLayout = check_choice("recall_layout", recall_layout, _LAYOUTS)
         self.memory_length = (

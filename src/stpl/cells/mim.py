@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from stpl._validation import check_bool
+from stpl._validation import check_bool, check_real
 from stpl.cells._state import LSTMState
 from stpl.cells._toolkit import (
     Device,
@@ -217,7 +217,7 @@ class MIMBlock(nn.Module):
         self.kernel_size = check_kernel_size("kernel_size", kernel_size)
         self.norm = check_norm(norm)
         self.spatial_size = check_spatial_size(spatial_size)
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = check_real("forget_bias", forget_bias)
         self.detach_stationary = check_bool("detach_stationary", detach_stationary)
         nh, k = self.hidden_channels, self.kernel_size
         factory = factory_kwargs(device, dtype)

@@ -8,6 +8,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from stpl._validation import check_real
 from stpl.cells._state import LSTMState
 from stpl.cells._toolkit import (
     Device,
@@ -245,7 +246,7 @@ class MoDeRNNCell(nn.Module):
         self.kernel_size = check_kernel_size("kernel_size", kernel_size)
         self.norm = check_norm(norm)
         self.spatial_size = check_spatial_size(spatial_size)
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = check_real("forget_bias", forget_bias)
         nh = self.hidden_channels
         factory = factory_kwargs(device, dtype)
         self.dcb = DetailContextBlock(

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from stpl._validation import check_real
 from stpl.cells._state import STLSTMState
 from stpl.cells._toolkit import (
     Device,
@@ -106,7 +107,7 @@ class STLSTMCell(nn.Module):
         self.kernel_size = check_kernel_size("kernel_size", kernel_size)
         self.norm = check_norm(norm)
         self.spatial_size = check_spatial_size(spatial_size)
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = check_real("forget_bias", forget_bias)
         self.action_channels = (
             None
             if action_channels is None
