@@ -156,6 +156,23 @@ def _load(run_id: str) -> dict[str, Any] | None:
     return data
 
 
+def _twin_row(name: str, mode: str, dtype: str, r: dict[str, Any]) -> str:
+    """One row of the twin table from either schema of the twin scripts' JSON."""
+    if "ours_step" in r:  # twin_openstl_swinlstm.py
+        cfg = r["config"]
+        size = f"B={cfg['batch']}, T={cfg['frames']}, {cfg['image_size']}px, e{cfg['embed_dim']}"
+        ours, ref = r["ours_step"]["median_s"], r["reference_step"]["median_s"]
+        diff = r["max_abs_diff_fp32_eval"]
+    else:  # twin_openstl_mau_phydnet.py, twin_mspred.py
+        size = f"B={r['batch']}, T={r['frames']}, {r['image_size']}px"
+        ours, ref = r["ours_median_s"], r["reference_median_s"]
+        diff = r["max_abs_diff_predictions"]
+    return (
+        f"| {name} | {r['reference']} | {mode} | {dtype} | {size} | {_ms(ours)} | {_ms(ref)} "
+        f"| {ref / ours:.2f}x | {diff:.1e} |"
+    )
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
 
@@ -326,15 +343,10 @@ def render() -> str:
     for name in TWINS:
         for mode in ("train", "forward"):
             for dtype in DTYPES:
-                r = _load(f"twin-{name}-{dtype}-{mode}")
-                if r is None or "error" in r:
-                    continue
-                twins.append(
-                    f"| {name} | {r['reference']} | {mode} | {dtype} | "
-                    f"B={r['batch']}, T={r['frames']}, {r['image_size']}px | "
-                    f"{_ms(r['ours_median_s'])} | {_ms(r['reference_median_s'])} | "
-                    f"{r['ratio']:.2f}x | {r['max_abs_diff_predictions']:.1e} |"
-                )
+                for path in sorted(RESULTS.glob(f"twin-{name}-{dtype}-{mode}*.json")):
+                    r = json.loads(path.read_text())
+                    if "error" not in r:
+                        twins.append(_twin_row(name, mode, dtype, r))
     if twins:
         out += [
             "### Against the reference models, same weights, taking turns "
@@ -359,8 +371,11 @@ def render() -> str:
             cells = []
             for what in ("per_observed_frame_s", "per_forecast_frame_s"):
                 cells += [_ms(v[k][what]) for k in ("eager", "compiled", "exported")]
+            label = name + "".join(
+                f" ({k}={val})" for k, val in r.get("preset_overrides", {}).items()
+            )
             stream_rows.append(
-                f"| {name} | {dtype} | " + " | ".join(cells) + f" | {r['horizon']} |"
+                f"| {label} | {dtype} | " + " | ".join(cells) + f" | {r['horizon']} |"
             )
     out += [
         "### Streaming latency: batch 1, per observed frame and per forecast frame "
