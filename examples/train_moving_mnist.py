@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default="modernn", help=f"one of {stpl.list_models()}")
-    p.add_argument("--hidden", type=int, default=16, help="hidden channels per layer")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        default=16,
+        help="hidden channels per layer (" + ", ".join(OWN_WIDTHS) + ": their own widths)",
+    )
     p.add_argument("--layers", type=int, default=2, help="number of stacked cells")
     p.add_argument("--kernel", type=int, default=None, help="gate kernel (preset's if omitted)")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
@@ -384,9 +389,15 @@ class Recipe:
     )
 
 
-def build_phydnet(args: argparse.Namespace, frame_shape: tuple[int, int, int]) -> nn.Module:
-    """PhyDNet with its own widths (latent 64, ConvLSTM 128-128-64): no --hidden/--layers."""
-    return stpl.get_model("phydnet", in_channels=frame_shape[0], image_size=frame_shape[1:])
+OWN_WIDTHS = ("phydnet", "swinlstm", "swinlstm_b", "encoder_forecaster")
+"""Presets built with their own widths, not from ``--hidden``/``--layers``/``--kernel``: PhyDNet
+(latent 64, ConvLSTM 128-128-64), SwinLSTM (embedding 128, Swin depths) and the
+encoder-forecaster (64-192-192 over three scales)."""
+
+
+def build_own_widths(args: argparse.Namespace, frame_shape: tuple[int, int, int]) -> nn.Module:
+    """A preset of :data:`OWN_WIDTHS` at its paper's widths, on the run's frames."""
+    return stpl.get_model(args.model, in_channels=frame_shape[0], image_size=frame_shape[1:])
 
 
 def batch_teacher_forcing(args: argparse.Namespace) -> training.SamplingSchedule | None:
@@ -406,8 +417,11 @@ RECIPES: dict[str, Recipe] = {
     "predrnn_v2": Recipe(schedule=reverse_scheduled_sampling, aux_weight=0.1),
     "modernn": Recipe(schedule=linear_scheduled_sampling),
     "phydnet": Recipe(
-        build=build_phydnet, schedule=batch_teacher_forcing, loss=phydnet_objective
+        build=build_own_widths, schedule=batch_teacher_forcing, loss=phydnet_objective
     ),
+    "swinlstm": Recipe(build=build_own_widths),
+    "swinlstm_b": Recipe(build=build_own_widths),
+    "encoder_forecaster": Recipe(build=build_own_widths, schedule=lambda args: None),
 }
 
 

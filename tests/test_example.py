@@ -290,3 +290,18 @@ def test_ddp_batch_that_does_not_divide_fails_cleanly(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert proc.stderr.count("--batch-size 3 does not divide over 2 processes") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model", stpl.list_models())
+def test_every_preset_trains_and_evaluates(
+    example: ModuleType, tmp_path: Path, model: str
+) -> None:
+    # the README: "--model picks any preset"
+    flags = [*TINY, "--steps", "2", "--model", model, "--out", str(tmp_path / model)]
+    if model == "predrnn_pp":
+        flags += ["--layers", "2"]  # the gradient highway sits between layers 0 and 1
+    if model == "encoder_forecaster":
+        flags += ["--image-size", "60"]  # its strides need sides that are multiples of 30
+    assert example.main(flags) == 0
+    last = json.loads((tmp_path / model / "metrics.json").read_text())["history"][-1]
+    assert last["step"] == 2 and np.isfinite(last["mse"])
