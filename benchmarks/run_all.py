@@ -182,7 +182,8 @@ def _row_cells(r: dict[str, Any] | None) -> list[str]:
     if r is None:
         return ["not run"] + [""] * 6
     if "error" in r:
-        return [r["error"].strip().splitlines()[-1][:60]] + [""] * 6
+        lines = r["error"].strip().splitlines()
+        return [f"failed: {lines[-1][:60]}" if lines else "failed (no output)"] + [""] * 6
     step = r["step"]
     iso = r["isolated_conv"]
     frac = r["fraction_of_conv_rate"]
