@@ -59,6 +59,34 @@ def gru_activation(x: Tensor, activation: str, negative_slope: float) -> Tensor:
     return torch.tanh(x)
 
 
+def gru_update(
+    x_terms: Tensor | None,
+    h_terms: Tensor,
+    h: Tensor,
+    activation: str,
+    negative_slope: float,
+) -> Tensor:
+    """The GRU update from its input and hidden terms (ConvGRU's and TrajGRU's equations).
+
+    ``x_terms`` and ``h_terms`` hold the reset, update and candidate terms in that order
+    (``(B, 3 nh, H, W)``; ``x_terms`` may carry more channels after those, and is ``None``
+    for a step without input); ``h``: ``(B, nh, H, W)``. Returns
+    ``h' = u * h + (1 - u) * f(x_m + r * h_m)``.
+    """
+    nh = h.shape[1]
+    h_r, h_u, h_m = torch.split(h_terms, nh, dim=1)
+    if x_terms is None:
+        r = torch.sigmoid(h_r)
+        u = torch.sigmoid(h_u)
+        cand = gru_activation(r * h_m, activation, negative_slope)
+    else:
+        x_r, x_u, x_m = torch.split(x_terms[:, : 3 * nh], nh, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        u = torch.sigmoid(x_u + h_u)
+        cand = gru_activation(x_m + r * h_m, activation, negative_slope)
+    return cand + u * (h - cand)  # u ⊙ h + (1 - u) ⊙ h~ (dtypes promote under autocast)
+
+
 @torch.no_grad()
 def msra_prelu_(weight: Tensor, slope: float = 0.2) -> Tensor:
     """MXNet's ``MSRAPrelu(factor_type="avg", slope)`` initialiser, in place.
@@ -270,18 +298,7 @@ class ConvGRUCell(nn.Module):
 
         No checks: :meth:`forward` is the checked entry point.
         """
-        nh = self.hidden_channels
-        h_r, h_u, h_m = torch.split(self.h2h(h), nh, dim=1)
-        if projected is None:
-            r = torch.sigmoid(h_r)
-            u = torch.sigmoid(h_u)
-            cand = gru_activation(r * h_m, self.activation, self.negative_slope)
-        else:
-            x_r, x_u, x_m = torch.split(projected, nh, dim=1)
-            r = torch.sigmoid(x_r + h_r)
-            u = torch.sigmoid(x_u + h_u)
-            cand = gru_activation(x_m + r * h_m, self.activation, self.negative_slope)
-        h_next = cand + u * (h - cand)  # u ⊙ h + (1 - u) ⊙ h~ (dtypes promote under autocast)
+        h_next = gru_update(projected, self.h2h(h), h, self.activation, self.negative_slope)
         return h_next, GRUState(h_next)
 
     def forward(self, x: Tensor | None, state: GRUState | None = None) -> tuple[Tensor, GRUState]:

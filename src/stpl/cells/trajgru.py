@@ -22,6 +22,7 @@ from stpl.cells.convgru import (
     check_gru_options,
     gru_activation,
     gru_state,
+    gru_update,
     hko7_init_,
 )
 
@@ -246,17 +247,8 @@ class TrajGRUCell(nn.Module):
         b, _, height, width = h.shape
         warped = warp(h, self._flows(projected, h), align_corners=self.align_corners)
         warped = warped.view(b, nh * self.links, height, width)
-        h_r, h_u, h_m = torch.split(F.conv2d(warped, self._ret_weight(), self.ret.bias), nh, dim=1)
-        if projected is None:
-            r = torch.sigmoid(h_r)
-            u = torch.sigmoid(h_u)
-            cand = gru_activation(r * h_m, self.activation, self.negative_slope)
-        else:
-            x_r, x_u, x_m = torch.split(projected[:, : 3 * nh], nh, dim=1)
-            r = torch.sigmoid(x_r + h_r)
-            u = torch.sigmoid(x_u + h_u)
-            cand = gru_activation(x_m + r * h_m, self.activation, self.negative_slope)
-        h_next = cand + u * (h - cand)  # u ⊙ h + (1 - u) ⊙ h~ (dtypes promote under autocast)
+        h_terms = F.conv2d(warped, self._ret_weight(), self.ret.bias)
+        h_next = gru_update(projected, h_terms, h, self.activation, self.negative_slope)
         return h_next, GRUState(h_next)
 
     def forward(self, x: Tensor | None, state: GRUState | None = None) -> tuple[Tensor, GRUState]:
