@@ -190,26 +190,62 @@ def test_stream_mode_times_eager_compiled_and_exported(capsys):
 @pytest.mark.slow
 def test_kernel_mode_counts_eager_and_compiled_kernels(capsys):
     argv = ["--model", "predrnn", *TINY, "--layers", "1", "--mode", "kernels", "--json"]
-    assert main([*argv, "--inductor-option", "layout_optimization=false"]) == 0
+    assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
+    convs = 6  # one ST-LSTM layer: 5 convolutions, and the decoder
     for mode in ("inference", "training"):
         k = result["kernels_per_step"][mode]
-        assert k["compiled"] == k["generated"] + k["extern"]
-        assert k["generated"] > 0 and k["extern"] > 0 and k["eager"] > 0
-        # one ST-LSTM layer: 5 convolutions and a decoder, each an extern kernel
-        assert k["extern"] >= 6
+        by_name = k["by_name"]
+        assert k["compiled"] == k["generated"] + k["extern"] == sum(by_name.values())
+        assert k["generated"] == sum(n for name, n in by_name.items() if "cpp_fused" in name)
+        assert sum(n for name, n in by_name.items() if "conv2d_forward" in name
+                   or "mkldnn_convolution" in name) == convs
         assert k["compiled"] < k["eager"]
-    # the compiled step launches far fewer kernels in inference: the gates fuse
-    assert result["kernels_per_step"]["inference"]["ratio"] < 0.5
+    inference = result["kernels_per_step"]["inference"]
+    # in inference the compiled step calls the convolutions and its fused gate kernels only
+    assert inference["extern"] == convs and inference["generated"] >= 1
+    assert inference["ratio"] < 1 / 3
+    training = result["kernels_per_step"]["training"]
+    # every parameter's gradient is added to the one of the other steps
+    assert training["by_name"]["aten::add_"] == len(list(_bench_model(argv).parameters()))
+    assert training["by_name"]["aten::convolution_backward"] >= 4
 
 
-def test_count_aten_kernels_counts_work_not_views():
-    from stpl.benchmark._kernels import count_aten_kernels
+def _bench_model(argv: list[str]) -> torch.nn.Module:
+    from stpl.benchmark._config import build_parser, config_from_args
+    from stpl.benchmark._workload import build_module
+
+    return build_module(config_from_args(build_parser().parse_args(argv)))
+
+
+def test_count_launches_counts_work_not_views():
+    from stpl.benchmark._kernels import count_aten_kernels, count_launches
 
     x = torch.rand(4, 4)
     assert count_aten_kernels(lambda: x.view(16).unsqueeze(0).expand(3, 16)) == 0
     assert count_aten_kernels(lambda: torch.sigmoid(x) * 2 + x) == 3
     assert count_aten_kernels(lambda: torch.cat([x, x]).split(2)) == 1
+    w = torch.rand(4, requires_grad=True)
+    y = w * torch.rand(4)
+    # backward: MulBackward's mul, then AccumulateGrad adds it to the gradient already there
+    w.grad, g = torch.zeros(4), torch.ones(4)
+    assert count_launches(lambda: y.backward(g)) == {"aten::mul": 1, "aten::add_": 1}
+
+
+@pytest.mark.slow
+def test_count_launches_counts_calls_of_inductor_kernels():
+    from stpl.benchmark._kernels import count_launches
+
+    torch._dynamo.reset()
+    fn = torch.compile(
+        lambda t: torch.sigmoid(t) * 2 + t, options={"cpp.enable_kernel_profile": True}
+    )
+    x = torch.rand(4, 4)
+    fn(x)
+    launches = count_launches(lambda: (fn(x), fn(x)))
+    # two calls of one fused kernel (sigmoid, mul, add): not the 3 eager operators
+    assert sum(launches.values()) == 2 and all("cpp_fused" in name for name in launches)
+    torch._dynamo.reset()
 
 
 def test_stream_overrides_bound_e3d_recall_without_changing_its_forecast():

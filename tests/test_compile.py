@@ -86,8 +86,9 @@ def test_training_forward_and_generate_compile_as_one_graph(name, fresh_dynamo):
 
 
 def _cache_entries(model: stpl.RecurrentPredictor) -> int:
-    fn = model._compiled_step
-    assert fn is not None
+    step = model._compiled_step
+    assert step is not None
+    fn = step.compiled("cpu")
     code = fn._torchdynamo_orig_callable.__code__  # type: ignore[attr-defined]
     return len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code))
 
@@ -284,3 +285,54 @@ def test_reduce_overhead_mode_runs_and_equals_eager_on_cpu(fresh_dynamo):
         model.compile_step(mode="reduce-overhead", dynamic_batch=False)
         got = model.generate(frames, 3).predictions
     assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- per-device compile options
+def test_compile_kwargs_turn_layout_optimization_off_on_cpu_only():
+    from stpl.models._compile import compile_kwargs_for
+
+    cpu = compile_kwargs_for("cpu", {"recompile_limit": 16})
+    assert cpu == {"recompile_limit": 16, "options": {"layout_optimization": False}}
+    assert compile_kwargs_for("cpu", {"backend": "inductor", "options": {"max_autotune": 1}})[
+        "options"
+    ] == {"layout_optimization": False, "max_autotune": 1}
+    # the user's own choice wins
+    assert compile_kwargs_for("cpu", {"options": {"layout_optimization": True}})["options"] == {
+        "layout_optimization": True
+    }
+    # torch.compile takes a mode or options, not both; other backends have no such option;
+    # CUDA keeps inductor's defaults
+    for device, kwargs in (
+        ("cpu", {"mode": "reduce-overhead"}),
+        ("cpu", {"backend": "aot_eager"}),
+        ("cuda", {}),
+        ("cuda", {"options": {"max_autotune": 1}}),
+    ):
+        assert compile_kwargs_for(device, kwargs) == kwargs
+
+
+def test_compile_step_compiles_per_device_with_that_devices_options(monkeypatch, fresh_dynamo):
+    import stpl.models._compile as compile_module
+
+    seen: list[dict[str, object]] = []
+    real = torch.compile
+
+    def recording_compile(fn, **kwargs):
+        seen.append(kwargs)
+        return real(fn, backend="eager")
+
+    monkeypatch.setattr(compile_module.torch, "compile", recording_compile)
+    model = stpl.get_model("convlstm", **preset("convlstm").small).compile_step()
+    assert seen == []  # compiled at the first call, when the device is known
+    frames = torch.rand(2, 3, 1, 16, 16)
+    expected = model.compile_step(False)(frames).predictions
+    model.compile_step()
+    assert_close(model(frames).predictions, expected)
+    model(frames)
+    assert len(seen) == 1 and seen[0]["options"] == {"layout_optimization": False}
+    step = model._compiled_step
+    assert step is not None and list(step._compiled) == ["cpu"]
+    # a mode cannot go with options: left to inductor
+    model.compile_step(mode="max-autotune-no-cudagraphs")
+    model(frames)
+    assert "options" not in seen[-1] and seen[-1]["mode"] == "max-autotune-no-cudagraphs"

@@ -6,28 +6,36 @@ same on CPU and GPU, so it is counted here:
 
 * **eager**: the ATen operators that do work in one step (leaf operators of the profiler
   trace, without the view and metadata operators that launch nothing);
-* **compiled**: the kernels inductor generates for the step's graph
-  (``torch._inductor.metrics.generated_kernel_count``, counted while that one graph is
-  compiled) plus the operators the compiled step still calls through ATen (the
-  convolutions and other "extern" kernels, from the profiler trace of a compiled call).
+* **compiled**: the calls of the kernels inductor generated for the step's graphs (each
+  traced by the profiler with ``torch._inductor.config.cpp.enable_kernel_profile``) plus
+  the operators the compiled step still calls through ATen (the convolutions and other
+  "extern" kernels).
 
-Both are counted for the steady-state step (a carried state), in inference (no grad) and
-training (forward and backward).
+Both are counted at run time, for the steady-state step (a carried state), in inference
+(no grad) and training (forward and backward, as in the middle of backpropagation
+through time). ``torch._inductor.metrics.generated_kernel_count`` is not used: it counts
+the kernel objects inductor builds while generating code (several per fused C++ kernel,
+once per distinct kernel), not the kernels a step launches.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from collections import Counter
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves, tree_map
 
 from stpl.models import RecurrentPredictor
 
 __all__ = [
     "NO_KERNEL_OPS",
     "count_aten_kernels",
+    "count_launches",
     "count_step_kernels",
     "format_kernel_result",
     "run_kernel_benchmark",
@@ -75,44 +83,80 @@ NO_KERNEL_OPS = frozenset(
         "aten::_has_compatible_shallow_copy_type",
         "aten::is_same_size",
         "aten::can_cast",
+        "aten::as_strided_",
+        "aten::resize_as_",
+        "aten::resolve_conj",
+        "aten::resolve_neg",
+        "aten::_conj",
+        "aten::_neg_view",
+        "torch::autograd::AccumulateGrad",
+        "torch::autograd::GraphRoot",
     }
 )
-"""Operators that launch no kernel (views, metadata, allocation)."""
+"""Operators that launch no kernel (views, metadata, allocation; autograd's graph root, and
+``AccumulateGrad`` when it hands a gradient over without adding: when it adds, its
+``aten::add_`` is counted)."""
 
 
-def count_aten_kernels(fn: Any, *args: Any) -> int:
-    """ATen operators that do work in one call of ``fn(*args)`` (profiler leaf events).
+_INDUCTOR_KERNEL = re.compile(r"cpp_fused|cpp_kernel|triton_")
 
-    A composite operator (``aten::conv2d`` -> ``aten::convolution`` -> ``aten::mkldnn_...``)
-    is counted once, at its innermost operator that does work; views and allocations are not
-    counted (an operator whose only children are allocations counts as one kernel).
+
+def _is_kernel(name: str) -> bool:
+    if "::" in name:
+        return not name.startswith("autograd::") and name not in NO_KERNEL_OPS
+    return _INDUCTOR_KERNEL.search(name) is not None
+
+
+def count_launches(fn: Any, *args: Any) -> Counter[str]:
+    """The kernels one call of ``fn(*args)`` launches, by name, from a profiler trace.
+
+    Counted: the ATen operators that do work, each once at its innermost operator that
+    does work (``aten::conv2d`` -> ``aten::convolution`` -> ``aten::mkldnn_convolution`` is
+    one kernel; an operator whose children only allocate or reshape counts as one), and
+    the calls of inductor's generated kernels (their profiler events, with
+    ``torch._inductor.config.cpp.enable_kernel_profile``). Views, metadata, allocations and
+    a gradient handed to a parameter without arithmetic launch nothing.
     """
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fn(*args)
+    counts: Counter[str] = Counter()
 
-    def kernels(event: Any) -> int:
-        below = sum(kernels(child) for child in event.cpu_children)
-        if below:
-            return below
-        is_op = "::" in event.name and not event.name.startswith("autograd::")
-        return int(is_op and event.name not in NO_KERNEL_OPS)
+    def visit(event: Any) -> bool:
+        below = [visit(child) for child in event.cpu_children]
+        if any(below):
+            return True
+        if _is_kernel(event.name):
+            counts[event.name] += 1
+            return True
+        return False
 
-    roots = [e for e in prof.events() if e.cpu_parent is None]
-    return sum(kernels(e) for e in roots)
+    for event in prof.events():
+        if event.cpu_parent is None:
+            visit(event)
+    return counts
 
 
-def _generated_kernels(run: Any) -> int:
-    from torch._inductor import metrics
+def count_aten_kernels(fn: Any, *args: Any) -> int:
+    """The number of kernels one call of ``fn(*args)`` launches (see :func:`count_launches`)."""
+    return sum(count_launches(fn, *args).values())
 
-    metrics.reset()
-    run()
-    return int(metrics.generated_kernel_count)
+
+def _float_leaves(tree: Any) -> list[Tensor]:
+    return [t for t in tree_leaves(tree) if isinstance(t, Tensor) and t.is_floating_point()]
 
 
 def count_step_kernels(
     model: RecurrentPredictor, frame: Tensor, *, options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Kernels of one steady-state recurrent step of ``model`` at ``frame``'s shape.
+    """Kernels one steady-state recurrent step of ``model`` launches at ``frame``'s shape.
+
+    The step is counted in the middle of a sequence: it reads a carried state. In
+    training, as in backpropagation through time, the backward receives a gradient for the
+    prediction and for every tensor of the new state, computes the gradients of every
+    tensor of the state it read (which flow on into the previous step), and adds each
+    parameter's gradient to those of the other steps (one ``add_`` per parameter, as
+    autograd does). The gradients handed in are made before the step, so no loss
+    arithmetic is counted.
 
     Args:
         model: a predictor (float32).
@@ -121,29 +165,41 @@ def count_step_kernels(
 
     Returns:
         ``{"inference": {...}, "training": {...}}``, each with ``eager``, ``compiled``
-        (``generated`` + ``extern``) and ``ratio`` (compiled / eager).
+        (``generated``: calls of inductor's kernels, + ``extern``: ATen operators the
+        compiled step still calls, such as convolutions), ``ratio`` (compiled / eager)
+        and ``by_name`` (compiled launches per kernel or operator name).
     """
     model = copy.deepcopy(model)
     with torch.no_grad():
-        state = model.observe(frame.unsqueeze(1)).state
+        carried = model.observe(frame.unsqueeze(1)).state
     x = model._frame_to_step(frame)
+    options = {**(options or {}), "cpp.enable_kernel_profile": True}
     result: dict[str, Any] = {}
     for mode in ("inference", "training"):
         grad = mode == "training"
         model.train(grad)
         model.compile_step(False)
-
-        def eager_step(grad: bool = grad) -> None:
-            with torch.set_grad_enabled(grad):
+        state = tree_map(partial(_carried, grad=grad), carried)
+        state_leaves = [t for t in _float_leaves(state) if t.requires_grad]
+        params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
+        grads: list[Tensor] = []
+        if grad:
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            with torch.no_grad():
                 out = model._step(x, state, None)
-                if grad:
-                    torch.autograd.backward(out.prediction.float().square().mean())
+            grads = [torch.ones_like(t) for t in (out.prediction, *_float_leaves(out.state))]
 
-        eager = count_aten_kernels(eager_step)
+        step = partial(_one_step, model, x, state, params, state_leaves, grads, grad)
+
+        eager_launches = count_launches(step)
+        eager = sum(eager_launches.values())
         torch._dynamo.reset()
-        model.compile_step(backend="inductor", options=options or {}, dynamic_batch=False)
-        generated = _generated_kernels(eager_step)  # the first call compiles the graphs
-        extern = count_aten_kernels(eager_step)  # later calls run them
+        model.compile_step(backend="inductor", options=options, dynamic_batch=False)
+        step()  # compiles
+        launches = count_launches(step)
+        generated = sum(n for name, n in launches.items() if not _is_aten(name))
+        extern = sum(launches.values()) - generated
         compiled = generated + extern
         result[mode] = {
             "eager": eager,
@@ -151,11 +207,51 @@ def count_step_kernels(
             "generated": generated,
             "extern": extern,
             "ratio": compiled / eager if eager else None,
+            "by_name": dict(sorted(launches.items())),
+            "eager_by_name": dict(sorted(eager_launches.items())),
         }
         model.compile_step(False)
         model.zero_grad(set_to_none=True)
     torch._dynamo.reset()
     return result
+
+
+def _one_step(
+    model: RecurrentPredictor,
+    x: Tensor,
+    state: Any,
+    params: list[Tensor],
+    state_leaves: list[Tensor],
+    grads: list[Tensor],
+    grad: bool,
+) -> None:
+    with torch.set_grad_enabled(grad):
+        out = model._step(x, state, None)
+        if not grad:
+            return
+        outs = [out.prediction, *_float_leaves(out.state)]
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if o.requires_grad]
+        got = torch.autograd.grad(
+            [o for o, _ in pairs],
+            [*params, *state_leaves],
+            [g for _, g in pairs],
+            allow_unused=True,
+        )
+        # the state's gradients flow on into the previous step; the parameters' are added
+        # to those of the other steps, one add per parameter, as autograd does
+        for p, g in zip(params, got, strict=False):
+            if g is not None and p.grad is not None:
+                p.grad.add_(g)
+
+
+def _carried(t: Any, *, grad: bool) -> Any:
+    if not isinstance(t, Tensor):
+        return t
+    return t.detach().requires_grad_(grad and t.is_floating_point())
+
+
+def _is_aten(name: str) -> bool:
+    return "::" in name
 
 
 def run_kernel_benchmark(config: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stpl._validation import check_int, check_positive_int
 from stpl.cells._toolkit import autocast_enabled
+from stpl.models._compile import PerDeviceCompiled
 
 __all__ = ["Generation", "PredictorOutput", "RecurrentPredictor", "StepOutput", "StreamState"]
 
@@ -174,7 +175,7 @@ class RecurrentPredictor(nn.Module):
     in_channels: int
     out_channels: int
     checkpoint_steps: bool = False
-    _compiled_step: Callable[..., Any] | None = None
+    _compiled_step: PerDeviceCompiled | None = None
 
     # ---------------------------------------------------------------- subclass hooks
     def _step_impl(self, x: Tensor, state: Any, action: Tensor | None) -> StepOutput:
@@ -336,7 +337,9 @@ class RecurrentPredictor(nn.Module):
             dynamic_batch: mark the batch dimension of the step's inputs dynamic, so a new
                 batch size does not recompile (batch 1 gets its own specialised graph).
             **compile_kwargs: passed to ``torch.compile`` (e.g. ``mode``, ``backend``,
-                ``fullgraph``, ``options={"layout_optimization": False}``).
+                ``fullgraph``, ``options``). The step is compiled at its first call on a
+                device type; on the CPU, inductor's layout optimization is off unless
+                ``options={"layout_optimization": True}`` (see ``stpl.models._compile``).
 
         Example:
             >>> model = get_model("predrnn").compile_step()
@@ -350,7 +353,9 @@ class RecurrentPredictor(nn.Module):
                 kwargs.setdefault("isolate_recompiles", True)
             if "recompile_limit" in _COMPILE_PARAMS:
                 kwargs.setdefault("recompile_limit", _RECOMPILE_LIMIT)
-            self._compiled_step = torch.compile(_fresh_copy(_compiled_step_body), **kwargs)
+            self._compiled_step = PerDeviceCompiled(
+                lambda: _fresh_copy(_compiled_step_body), kwargs
+            )
         return self
 
     def _warn_eager_step(self) -> None:

@@ -37,6 +37,7 @@ from stpl.models._base import (
     StepOutput,
     StreamState,
 )
+from stpl.models._compile import PerDeviceCompiled
 
 __all__ = ["EncoderForecaster", "Sampling", "build_encoder_forecaster"]
 
@@ -53,6 +54,14 @@ HKO7_UPSAMPLE: tuple[Sampling, ...] = ((7, 5, 1), (5, 3, 1), (4, 2, 1))
 
 HKO7_LINKS: tuple[int, ...] = (13, 13, 9)
 """TrajGRU links of the HKO-7 configuration, per block (bottom to top)."""
+
+
+def _cell_step_fn(cls: type[nn.Module]) -> Callable[[], Callable[..., Any]]:
+    """What ``compile_step`` compiles for a cell class: its unbound ``step`` (GRU cells,
+    which read a projected input) or ``forward``, called with the cell, so that a copy of
+    the model (deepcopy) steps its own weights through the same compiled function."""
+    fn = getattr(cls, "step", None) or cls.forward
+    return lambda: fn
 
 
 def _sampling(name: str, value: object, count: int) -> tuple[Sampling, ...]:
@@ -419,10 +428,8 @@ class EncoderForecaster(RecurrentPredictor):
                 kwargs.setdefault("isolate_recompiles", True)
             if "recompile_limit" in params:
                 kwargs.setdefault("recompile_limit", 16)
-            # the unbound step, called with the cell: a copy of the model (deepcopy) steps
-            # its own weights through the same compiled function
             self._compiled_cells = [
-                torch.compile(type(c).step if hasattr(c, "step") else type(c).forward, **kwargs)
+                PerDeviceCompiled(_cell_step_fn(type(c)), kwargs)
                 for c in (*self.encoder, *self.forecaster)
             ]
         return self

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -34,6 +35,7 @@ from stpl._validation import (
 from stpl.cells._registry import CELLS, cell_options
 from stpl.cells._toolkit import Device, check_state, factory_kwargs, reset_module_parameters
 from stpl.models._base import Generation, RecurrentPredictor, StepOutput, StreamState
+from stpl.models._compile import PerDeviceCompiled
 from stpl.models._hierarchy_blocks import (
     CellBuilder,
     DCGANEncoder,
@@ -764,7 +766,7 @@ class HierarchicalPredictor(RecurrentPredictor):
             modules = getattr(self, group)
             for h, module in enumerate(modules or ()):
                 key = f"{group}.{h}"
-                parts[key] = torch.compile(_own_code(module, key), **kwargs)
+                parts[key] = PerDeviceCompiled(partial(_own_code, module, key), kwargs)
         self._compiled_parts = parts
         return self
 
