@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="an inductor setting for torch.compile(options=...), repeatable, "
-        "e.g. layout_optimization=false",
+        "e.g. layout_optimization=true (compile_step turns it off on the CPU)",
     )
     p.add_argument(
         "--compile-scope",
